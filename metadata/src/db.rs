@@ -1,0 +1,140 @@
+//! [`Db`]: the entry point, tying the KV store to the shared blob store.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+
+use berth_content::Store;
+
+use crate::error::{Error, Result};
+use crate::kv::{self, Backend, KvStore, ReadTxn, WriteTxn};
+use crate::schema::{self, SchemaRecord, SCHEMA_VERSION, V1};
+
+/// Where and how to open the metadata store.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Directory holding the store (created if missing): the redb backend
+    /// uses the file `meta.redb` in it, the sled backend the directory
+    /// `meta.sled`.
+    pub path: PathBuf,
+    /// The KV engine.
+    pub backend: Backend,
+}
+
+impl DbOptions {
+    /// The path of the KV store itself for these options.
+    pub fn store_path(&self) -> PathBuf {
+        match self.backend {
+            Backend::Redb => self.path.join("meta.redb"),
+            Backend::Sled => self.path.join("meta.sled"),
+        }
+    }
+}
+
+/// Namespaced metadata over the shared blob store: namespaces, content
+/// records, ingests, leases and garbage collection.
+///
+/// All methods block (file and KV I/O); call them from a blocking thread.
+/// Handles: [`Db::namespaces`], [`Db::content`], [`Db::leases`]; GC:
+/// [`Db::garbage_collect`].
+pub struct Db {
+    pub(crate) kv: Box<dyn KvStore>,
+    pub(crate) store: Arc<Store>,
+    /// Content commits, deletes and ingest changes hold this shared; the
+    /// content sweep of GC holds it exclusively while deleting blobs, so a
+    /// blob cannot be re-committed (and recorded) between GC deciding it is
+    /// unreferenced and deleting it. Never held with a KV write open by GC.
+    pub(crate) content_lock: RwLock<()>,
+    /// Lets handles hand out owned writers (`Arc<Db>`).
+    pub(crate) me: Weak<Db>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.kv.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the metadata store and checks its schema.
+    /// Returns an `Arc` because content writers keep the database alive.
+    pub fn open(opts: DbOptions, content: Arc<Store>) -> Result<Arc<Db>> {
+        std::fs::create_dir_all(&opts.path).map_err(|source| Error::Io {
+            op: "create directory",
+            path: opts.path.clone(),
+            source,
+        })?;
+        let kv = kv::open(&opts.store_path(), opts.backend)?;
+        init_schema(&*kv)?;
+        Ok(Arc::new_cyclic(|me| Db {
+            kv,
+            store: content,
+            content_lock: RwLock::new(()),
+            me: me.clone(),
+        }))
+    }
+
+    /// The KV engine in use.
+    pub fn backend(&self) -> Backend {
+        self.kv.backend()
+    }
+
+    /// The shared blob store underneath (not namespaced: for GC-aware
+    /// callers only).
+    pub fn blob_store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub(crate) fn view<T>(&self, f: impl FnOnce(&dyn ReadTxn) -> Result<T>) -> Result<T> {
+        kv::view(&*self.kv, f)
+    }
+
+    pub(crate) fn update<T>(&self, f: impl FnOnce(&mut dyn WriteTxn) -> Result<T>) -> Result<T> {
+        kv::update(&*self.kv, f)
+    }
+
+    pub(crate) fn content_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.content_lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn content_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.content_lock.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn arc(&self) -> Result<Arc<Db>> {
+        self.me
+            .upgrade()
+            .ok_or_else(|| Error::FailedPrecondition("metadata database is closing".into()))
+    }
+}
+
+fn init_schema(kv: &dyn KvStore) -> Result<()> {
+    kv::update(kv, |tx| {
+        let key = schema::encode(&[V1]);
+        match schema::get_json::<SchemaRecord, _>(tx, &key)? {
+            None => schema::put_json(
+                tx,
+                &key,
+                &SchemaRecord {
+                    version: SCHEMA_VERSION,
+                },
+            ),
+            Some(r) if r.version == SCHEMA_VERSION => Ok(()),
+            Some(r) if r.version < SCHEMA_VERSION => {
+                // Migrations from older minor versions go here.
+                schema::put_json(
+                    tx,
+                    &key,
+                    &SchemaRecord {
+                        version: SCHEMA_VERSION,
+                    },
+                )
+            }
+            Some(r) => Err(Error::FailedPrecondition(format!(
+                "metadata schema v1.{} is newer than this build supports (v1.{SCHEMA_VERSION})",
+                r.version
+            ))),
+        }
+    })
+}

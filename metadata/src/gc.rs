@@ -1,0 +1,421 @@
+//! Garbage collection: mark and sweep over all namespaces (containerd's
+//! `metadata/gc.go` and `db.go` GarbageCollect).
+//!
+//! Roots:
+//! - leases, unless labelled `containerd.io/gc.expire` with an RFC 3339 time
+//!   that has passed, and every resource they hold;
+//! - objects labelled `containerd.io/gc.root`;
+//! - ingests whose `expire_at` is in the future (leased ingests have none and
+//!   live only through their lease);
+//! - (later) images unless expired, containers.
+//!
+//! Edges (from an object's labels; `<any>` after `.` or `/`):
+//! - `containerd.io/gc.ref.content`, `containerd.io/gc.ref.content.<any>`,
+//!   `containerd.io/gc.ref.content/<any>` -> the content with that digest;
+//! - `containerd.io/gc.ref.snapshot.<snapshotter>[/<any>]` -> that snapshot;
+//! - `containerd.io/gc.ref.image[.<any>|/<any>]` -> that image;
+//! - an ingest with an expected digest -> that content.
+//!
+//! Sweep: unreachable content records, ingest records and leases (expired
+//! ones included) of every namespace are deleted in ONE write transaction,
+//! which also does the marking so nothing changes in between. Then, outside
+//! any KV write transaction, blobs that no namespace references any more and
+//! blob-store ingests that no namespace's ingest record names are removed
+//! from disk (under the content lock, so no commit races the sweep).
+//!
+//! Adding a resource type: a [`ResourceKind`] variant, its roots in
+//! `scan_roots`, its outgoing edges in `references`, its records in
+//! `scan_all` and its deletion in `remove`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use berth_content::Digest;
+use berth_errdefs::ErrorKind;
+
+use crate::db::Db;
+use crate::error::Result;
+use crate::kv::{ReadTxn, WriteTxn};
+use crate::schema::{
+    self, BlobRecord, IngestRecord, LeaseRecord, CONTAINERS, CONTENT, IMAGES, INGESTS, SNAPSHOTS,
+};
+use crate::time::parse_rfc3339;
+use crate::Labels;
+
+/// Label marking an object as a GC root.
+pub const LABEL_GC_ROOT: &str = "containerd.io/gc.root";
+/// Label giving a lease (or image) an expiry time (RFC 3339).
+pub const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
+/// Label prefix of references to content.
+pub const LABEL_GC_REF_CONTENT: &str = "containerd.io/gc.ref.content";
+/// Label prefix of references to snapshots (`.<snapshotter>` follows).
+pub const LABEL_GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
+/// Label prefix of references to images.
+pub const LABEL_GC_REF_IMAGE: &str = "containerd.io/gc.ref.image";
+
+/// The kinds of records GC knows about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    /// `content/blob/<digest>`; key = digest.
+    Content,
+    /// `content/ingests/<ref>`; key = ref.
+    Ingest,
+    /// `leases/<id>`; key = id.
+    Lease,
+    /// `images/<name>`; key = name.
+    Image,
+    /// `containers/<id>`; key = id.
+    Container,
+    /// `snapshots/<snapshotter>/<key>`; key = `<snapshotter>/<key>`.
+    Snapshot,
+}
+
+/// A record removed by GC.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Removed {
+    pub namespace: String,
+    pub kind: ResourceKind,
+    pub key: String,
+}
+
+/// What a collection did.
+#[derive(Debug, Clone, Default)]
+pub struct GcStats {
+    /// Records deleted from the metadata store (for events: e.g. content
+    /// records per namespace, later images and snapshots).
+    pub removed: Vec<Removed>,
+    /// Blobs deleted from the blob store.
+    pub blobs_removed: Vec<Digest>,
+    /// Blob-store ingests aborted (backend refs).
+    pub ingests_aborted: Vec<String>,
+    /// Time spent marking and sweeping records (the write transaction).
+    pub meta_duration: Duration,
+    /// Time spent removing blobs and ingests from disk.
+    pub content_duration: Duration,
+}
+
+impl GcStats {
+    /// Number of records removed.
+    pub fn records_removed(&self) -> usize {
+        self.removed.len()
+    }
+
+    /// Total time.
+    pub fn elapsed(&self) -> Duration {
+        self.meta_duration + self.content_duration
+    }
+
+    /// Content records removed, as (namespace, digest).
+    pub fn removed_content(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.removed
+            .iter()
+            .filter(|r| r.kind == ResourceKind::Content)
+            .map(|r| (r.namespace.as_str(), r.key.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Node {
+    kind: ResourceKind,
+    ns: String,
+    key: String,
+}
+
+fn node(kind: ResourceKind, ns: &str, key: impl Into<String>) -> Node {
+    Node {
+        kind,
+        ns: ns.to_string(),
+        key: key.into(),
+    }
+}
+
+impl Db {
+    /// Runs one mark-and-sweep collection over all namespaces.
+    pub fn garbage_collect(&self) -> Result<GcStats> {
+        let mut stats = GcStats::default();
+        let t0 = Instant::now();
+        let now = SystemTime::now();
+        stats.removed = self.update(|tx| {
+            let roots = scan_roots(tx, now)?;
+            let marked = mark(tx, roots)?;
+            let mut removed = Vec::new();
+            for n in scan_all(tx)? {
+                if !marked.contains(&n) {
+                    remove(tx, &n)?;
+                    removed.push(Removed {
+                        namespace: n.ns,
+                        kind: n.kind,
+                        key: n.key,
+                    });
+                }
+            }
+            removed.sort();
+            Ok(removed)
+        })?;
+        stats.meta_duration = t0.elapsed();
+        for r in &stats.removed {
+            tracing::debug!(namespace = %r.namespace, kind = ?r.kind, key = %r.key, "gc removed record");
+        }
+
+        let t1 = Instant::now();
+        self.sweep_content(&mut stats)?;
+        stats.content_duration = t1.elapsed();
+        Ok(stats)
+    }
+
+    /// Deletes unreferenced blobs and orphan blob-store ingests. Holds the
+    /// content lock exclusively (no commits meanwhile), never a KV write.
+    fn sweep_content(&self, stats: &mut GcStats) -> Result<()> {
+        let _exclusive = self.content_exclusive();
+        let (blobs_seen, brefs_seen) = self.view(|tx| {
+            let mut blobs: HashSet<Digest> = HashSet::new();
+            let mut brefs: HashSet<String> = HashSet::new();
+            for ns in schema::list_namespaces(tx)? {
+                schema::scan_children(tx, &schema::blobs_prefix(&ns), 1, |_, rest, _| {
+                    if let Some(d) = rest.first().and_then(|d| Digest::parse(d).ok()) {
+                        blobs.insert(d);
+                    }
+                    Ok(())
+                })?;
+                schema::scan_children(tx, &schema::ingests_prefix(&ns), 1, |k, _, v| {
+                    let r: IngestRecord = schema::decode_json(k, v)?;
+                    // An expected digest may come from another namespace:
+                    // keep that blob while the ingest exists.
+                    if let Some(d) = r.expected {
+                        blobs.insert(d);
+                    }
+                    brefs.insert(r.bref);
+                    Ok(())
+                })?;
+            }
+            Ok((blobs, brefs))
+        })?;
+
+        let store = &self.store;
+        let mut orphans = Vec::new();
+        store
+            .walk(|info| {
+                if !blobs_seen.contains(&info.digest) {
+                    orphans.push(info.digest);
+                }
+                Ok(())
+            })
+            .map_err(|e| crate::Error::content("gc: walk blobs", e))?;
+        for d in orphans {
+            match store.delete(&d) {
+                Ok(()) => {
+                    tracing::debug!(digest = %d, "gc removed blob");
+                    stats.blobs_removed.push(d);
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(crate::Error::content(format!("gc: delete blob {d}"), e)),
+            }
+        }
+
+        let statuses = store
+            .list_statuses()
+            .map_err(|e| crate::Error::content("gc: list ingests", e))?;
+        for st in statuses {
+            if brefs_seen.contains(&st.reference) {
+                continue;
+            }
+            match store.abort(&st.reference) {
+                Ok(()) => {
+                    tracing::debug!(reference = %st.reference, "gc aborted ingest");
+                    stats.ingests_aborted.push(st.reference);
+                }
+                // Gone, or a live writer holds it: leave it for next time.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Unavailable) => {}
+                Err(e) => {
+                    return Err(crate::Error::content(
+                        format!("gc: abort ingest {:?}", st.reference),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lease_expired(labels: &Labels, now: SystemTime, ns: &str, id: &str) -> bool {
+    match labels.get(LABEL_GC_EXPIRE) {
+        None => false,
+        Some(v) => match parse_rfc3339(v) {
+            Some(t) => now > t,
+            None => {
+                tracing::info!(namespace = ns, lease = id, value = %v, "ignoring invalid lease expiration");
+                false
+            }
+        },
+    }
+}
+
+/// Collects the roots of every namespace.
+fn scan_roots<R: ReadTxn + ?Sized>(tx: &R, now: SystemTime) -> Result<Vec<Node>> {
+    let mut roots = Vec::new();
+    for ns in schema::list_namespaces(tx)? {
+        // Leases and what they hold.
+        let leases = schema::leases_prefix(&ns);
+        let mut live: HashSet<String> = HashSet::new();
+        schema::scan_children(tx, &leases, 1, |k, rest, v| {
+            let id = rest.into_iter().next().unwrap_or_default();
+            let record: LeaseRecord = schema::decode_json(k, v)?;
+            if !lease_expired(&record.labels, now, &ns, &id) {
+                roots.push(node(ResourceKind::Lease, &ns, id.clone()));
+                live.insert(id);
+            }
+            Ok(())
+        })?;
+        for depth in [3, 4] {
+            schema::scan_children(tx, &leases, depth, |_, rest, _| {
+                if !live.contains(&rest[0]) {
+                    return Ok(());
+                }
+                let n = match (rest[1].as_str(), &rest[2..]) {
+                    (CONTENT, [d]) => node(ResourceKind::Content, &ns, d.clone()),
+                    (INGESTS, [r]) => node(ResourceKind::Ingest, &ns, r.clone()),
+                    (IMAGES, [i]) => node(ResourceKind::Image, &ns, i.clone()),
+                    (CONTAINERS, [c]) => node(ResourceKind::Container, &ns, c.clone()),
+                    (SNAPSHOTS, [s, key]) => {
+                        node(ResourceKind::Snapshot, &ns, format!("{s}/{key}"))
+                    }
+                    _ => return Ok(()),
+                };
+                roots.push(n);
+                Ok(())
+            })?;
+        }
+
+        // Unexpired ingests.
+        schema::scan_children(tx, &schema::ingests_prefix(&ns), 1, |k, rest, v| {
+            let r: IngestRecord = schema::decode_json(k, v)?;
+            if r.expire_at.is_some_and(|t| t > now) {
+                roots.push(node(ResourceKind::Ingest, &ns, rest[0].clone()));
+            }
+            Ok(())
+        })?;
+
+        // Content labelled as a root.
+        schema::scan_children(tx, &schema::blobs_prefix(&ns), 1, |k, rest, v| {
+            let r: BlobRecord = schema::decode_json(k, v)?;
+            if r.labels.contains_key(LABEL_GC_ROOT) {
+                roots.push(node(ResourceKind::Content, &ns, rest[0].clone()));
+            }
+            Ok(())
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The nodes an object's labels reference.
+fn label_refs(ns: &str, labels: &Labels, out: &mut Vec<Node>) {
+    // `prefix` alone, or followed by `.`/`/` and anything.
+    let is_ref = |k: &str, prefix: &str| match k.strip_prefix(prefix) {
+        Some("") => true,
+        Some(rest) => rest.starts_with('.') || rest.starts_with('/'),
+        None => false,
+    };
+    for (k, v) in labels {
+        if is_ref(k, LABEL_GC_REF_CONTENT) {
+            out.push(node(ResourceKind::Content, ns, v.clone()));
+        } else if let Some(rest) = k.strip_prefix(LABEL_GC_REF_SNAPSHOT) {
+            let snapshotter = rest.split('/').next().unwrap_or_default();
+            if !snapshotter.is_empty() {
+                out.push(node(
+                    ResourceKind::Snapshot,
+                    ns,
+                    format!("{snapshotter}/{v}"),
+                ));
+            }
+        } else if is_ref(k, LABEL_GC_REF_IMAGE) {
+            out.push(node(ResourceKind::Image, ns, v.clone()));
+        }
+    }
+}
+
+/// The outgoing edges of a node.
+fn references<R: ReadTxn + ?Sized>(tx: &R, n: &Node, out: &mut Vec<Node>) -> Result<()> {
+    match n.kind {
+        ResourceKind::Content => {
+            let Ok(d) = Digest::parse(&n.key) else {
+                return Ok(());
+            };
+            if let Some(r) = schema::get_json::<BlobRecord, _>(tx, &schema::blob_key(&n.ns, &d))? {
+                label_refs(&n.ns, &r.labels, out);
+            }
+        }
+        ResourceKind::Ingest => {
+            let key = schema::ingest_key(&n.ns, &n.key);
+            if let Some(r) = schema::get_json::<IngestRecord, _>(tx, &key)? {
+                if let Some(d) = r.expected {
+                    out.push(node(ResourceKind::Content, &n.ns, d.to_string()));
+                }
+            }
+        }
+        // Leases' resources are roots already; images, containers and
+        // snapshots get their edges when their records exist.
+        ResourceKind::Lease
+        | ResourceKind::Image
+        | ResourceKind::Container
+        | ResourceKind::Snapshot => {}
+    }
+    Ok(())
+}
+
+/// Everything reachable from `roots`.
+fn mark<R: ReadTxn + ?Sized>(tx: &R, roots: Vec<Node>) -> Result<HashSet<Node>> {
+    let mut marked: HashSet<Node> = HashSet::new();
+    let mut stack = roots;
+    let mut refs = Vec::new();
+    while let Some(n) = stack.pop() {
+        if marked.contains(&n) {
+            continue;
+        }
+        refs.clear();
+        references(tx, &n, &mut refs)?;
+        marked.insert(n);
+        stack.extend(refs.drain(..).filter(|r| !marked.contains(r)));
+    }
+    Ok(marked)
+}
+
+/// Every collectible record of every namespace.
+fn scan_all<R: ReadTxn + ?Sized>(tx: &R) -> Result<Vec<Node>> {
+    let mut all = Vec::new();
+    for ns in schema::list_namespaces(tx)? {
+        let kinds: [(Vec<u8>, ResourceKind); 3] = [
+            (schema::leases_prefix(&ns), ResourceKind::Lease),
+            (schema::ingests_prefix(&ns), ResourceKind::Ingest),
+            (schema::blobs_prefix(&ns), ResourceKind::Content),
+        ];
+        for (prefix, kind) in kinds {
+            let mut keys = BTreeSet::new();
+            schema::scan_children(tx, &prefix, 1, |_, rest, _| {
+                keys.insert(rest[0].clone());
+                Ok(())
+            })?;
+            all.extend(keys.into_iter().map(|k| node(kind, &ns, k)));
+        }
+    }
+    Ok(all)
+}
+
+/// Deletes one unreachable record.
+fn remove<W: WriteTxn + ?Sized>(tx: &mut W, n: &Node) -> Result<()> {
+    match n.kind {
+        ResourceKind::Content => {
+            if let Ok(d) = Digest::parse(&n.key) {
+                tx.delete(&schema::blob_key(&n.ns, &d))?;
+            }
+        }
+        ResourceKind::Ingest => {
+            tx.delete(&schema::ingest_key(&n.ns, &n.key))?;
+        }
+        ResourceKind::Lease => {
+            tx.delete_prefix(&schema::lease_key(&n.ns, &n.key))?;
+        }
+        ResourceKind::Image | ResourceKind::Container | ResourceKind::Snapshot => {}
+    }
+    Ok(())
+}

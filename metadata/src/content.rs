@@ -372,7 +372,7 @@ impl Content<'_> {
         };
 
         let state = match (inner, shared) {
-            (Some(w), _) => WriterState::Ingest(w),
+            (Some(w), _) => WriterState::Ingest(Box::new(w)),
             (None, Some((digest, size))) => WriterState::Shared { digest, size },
             (None, None) => WriterState::Closed,
         };
@@ -404,7 +404,7 @@ pub struct ContentWriter {
 
 enum WriterState {
     /// A blob-store ingest.
-    Ingest(berth_content::Writer),
+    Ingest(Box<berth_content::Writer>),
     /// Shared content: the blob exists in the store; nothing written yet.
     Shared { digest: Digest, size: u64 },
     /// Committed (or failed beyond repair).
@@ -546,10 +546,10 @@ impl ContentWriter {
                     off += got as u64;
                 }
             }
-            self.state = WriterState::Ingest(w);
+            self.state = WriterState::Ingest(Box::new(w));
         }
         match &mut self.state {
-            WriterState::Ingest(w) => Ok(w),
+            WriterState::Ingest(w) => Ok(&mut **w),
             _ => Err(closed(&what)),
         }
     }

@@ -324,6 +324,6 @@ mod tests {
         assert!(!abc.starts_with(&ab));
         // A path is a prefix of its descendants.
         assert!(encode(&["v1", "ab", "x"]).starts_with(&ab));
-        assert!(decode(&[b'a']).is_none());
+        assert!(decode(b"a").is_none());
     }
 }

@@ -1,0 +1,67 @@
+//! One module per command group; each has a clap enum (or args struct) and a `run`.
+//! Later groups (snapshots, images, containers, tasks, run) add a variant here and a file.
+
+mod content;
+mod events;
+mod leases;
+mod namespaces;
+mod plugins;
+mod version;
+
+use crate::Global;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the client and server versions.
+    Version,
+    /// Manage namespaces.
+    #[command(subcommand, visible_alias = "ns", alias = "namespace")]
+    Namespaces(namespaces::Command),
+    /// Manage content (blobs) in the content store.
+    #[command(subcommand)]
+    Content(content::Command),
+    /// Manage leases (which keep resources from garbage collection).
+    #[command(subcommand, alias = "lease")]
+    Leases(leases::Command),
+    /// Print events as they happen.
+    #[command(visible_alias = "event")]
+    Events(events::Args),
+    /// Inspect the daemon's plugins.
+    #[command(subcommand, alias = "plugin")]
+    Plugins(plugins::Command),
+}
+
+pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Version => version::run(g).await,
+        Command::Namespaces(c) => namespaces::run(g, c).await,
+        Command::Content(c) => content::run(g, c).await,
+        Command::Leases(c) => leases::run(g, c).await,
+        Command::Events(a) => events::run(g, a).await,
+        Command::Plugins(c) => plugins::run(g, c).await,
+    }
+}
+
+/// Runs `f` for each argument, printing failures as they happen and going on with the rest;
+/// fails (quietly, as all was printed) if any argument failed.
+pub async fn for_each<T, F, Fut>(items: Vec<T>, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut failed = false;
+    for item in items {
+        if let Err(e) = f(item).await {
+            if crate::error::is_broken_pipe(&e) {
+                return Err(e);
+            }
+            crate::error::print(&e);
+            failed = true;
+        }
+    }
+    if failed {
+        Err(crate::error::Reported.into())
+    } else {
+        Ok(())
+    }
+}

@@ -23,6 +23,9 @@ pub enum Error {
     /// The object is not in a state that allows the operation.
     #[error("{0}: failed precondition")]
     FailedPrecondition(String),
+    /// The resource is busy (e.g. the store is open in another process).
+    #[error("{0}: unavailable")]
+    Unavailable(String),
     /// The operation or resource type is not supported.
     #[error("{0}: not implemented")]
     NotImplemented(String),
@@ -66,6 +69,7 @@ impl Error {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::NotImplemented(_) => ErrorKind::NotImplemented,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Content { source, .. } => source.kind(),
             Error::Storage { .. } | Error::Corrupt { .. } | Error::Io { .. } => ErrorKind::Internal,
         }

@@ -7,7 +7,7 @@
 //!
 //! Entry point: [`Db::open`], then the handles [`Db::namespaces`],
 //! [`Db::content`] and [`Db::leases`]. The layout of the store is documented
-//! in one place, the `schema` module (source: `src/schema.rs`).
+//! in one place, the [`schema`] module.
 //!
 //! Architecture invariants:
 //! - everything is synchronous and blocking (the daemon calls it from
@@ -24,7 +24,7 @@ pub mod gc;
 pub mod kv;
 pub mod leases;
 pub mod namespaces;
-mod schema;
+pub mod schema;
 mod time;
 pub mod validate;
 

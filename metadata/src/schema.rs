@@ -2,7 +2,7 @@
 //!
 //! Keys are sequences of string components (written `a/b/c` below) encoded so
 //! that byte order is component order and a component may hold any byte (see
-//! [`encode`]); values are JSON. Timestamps are `[unix seconds, nanoseconds]`.
+//! `encode`); values are JSON. Timestamps are `[unix seconds, nanoseconds]`.
 //! Labels with empty values are never stored (setting one to "" removes it).
 //!
 //! ```text
@@ -32,7 +32,7 @@
 //! - An ingest has `expire_at` (24h after it was opened) unless it was opened
 //!   under a lease, in which case the lease keeps it (see the `gc` module).
 //! - A change to this layout needs a new version and a migration in
-//!   [`crate::db`]; additions that old code ignores may stay in `v1`.
+//!   `db.rs` (`init_schema`); additions that old code ignores may stay in `v1`.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;

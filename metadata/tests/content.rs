@@ -388,6 +388,17 @@ fn records_survive_reopen() {
         let d = write_blob(&env, "n", "r", b"persist", None, labels(&[("a", "1")]));
         let store = std::sync::Arc::clone(&env.store);
         let path = env.dir.path().join("metadata");
+        if backend == berth_metadata::Backend::Redb {
+            let e = berth_metadata::Db::open(
+                berth_metadata::DbOptions {
+                    path: path.clone(),
+                    backend,
+                },
+                std::sync::Arc::clone(&store),
+            )
+            .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        }
         drop(env.db);
         let db =
             berth_metadata::Db::open(berth_metadata::DbOptions { path, backend }, store).unwrap();

@@ -16,7 +16,7 @@
 //! lock exclusively while applying a commit.
 //!
 //! Backends: [`redb`](redb_backend) (default, `Durability::Immediate`) and, with
-//! the cargo feature `sled`, [`sled`](sled_backend).
+//! the cargo feature `sled`, `sled` (module `sled_backend`).
 
 use std::ops::{Bound, ControlFlow};
 use std::path::Path;

@@ -29,10 +29,16 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens or creates the database file at `path` (its parent must exist).
     pub fn open(path: &Path) -> Result<RedbStore> {
-        let db = Database::create(path).map_err(|e| Error::Storage {
-            backend: NAME,
-            op: "open",
-            source: format!("{}: {e}", path.display()).into(),
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
+                "metadata store {} is open in another process",
+                path.display()
+            )),
+            e => Error::Storage {
+                backend: NAME,
+                op: "open",
+                source: format!("{}: {e}", path.display()).into(),
+            },
         })?;
         // Make sure the table exists so read transactions can always open it.
         let mut tx = db.begin_write().map_err(err("begin write"))?;

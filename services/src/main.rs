@@ -1,1 +1,118 @@
-fn main() {}
+//! berthd: the Berth daemon. Serves containerd's v1 gRPC API on a unix socket.
+
+mod config;
+mod content;
+mod daemon;
+mod error;
+mod events;
+mod gc;
+mod health;
+mod introspection;
+mod leases;
+mod namespace;
+mod namespaces;
+mod version;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+const DEFAULT_CONFIG: &str = "/etc/berth/config.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "berthd",
+    version,
+    about = "Berth container daemon (containerd-compatible API)"
+)]
+struct Cli {
+    /// Path to the TOML configuration file.
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Persistent root directory.
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Runtime state directory.
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// Unix socket to serve on.
+    #[arg(short, long, global = true)]
+    address: Option<PathBuf>,
+    /// Log level or tracing filter (trace, debug, info, warn, error).
+    #[arg(short, long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration.
+    Default,
+    /// Print the configuration in effect (file plus flags).
+    Dump,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Config {
+        command: ConfigCommand::Default,
+    }) = cli.command
+    {
+        print!("{}", Config::default_toml());
+        return Ok(());
+    }
+    let config = effective_config(&cli)?;
+    if let Some(Command::Config {
+        command: ConfigCommand::Dump,
+    }) = cli.command
+    {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+
+    let filter = EnvFilter::try_new(&config.debug.level)
+        .map_err(|e| anyhow::anyhow!("invalid log level {:?}: {e}", config.debug.level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(config))
+}
+
+fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path, true)?,
+        None => Config::load(DEFAULT_CONFIG.as_ref(), false)?,
+    };
+    if let Some(root) = &cli.root {
+        config.root = root.clone();
+    }
+    if let Some(state) = &cli.state {
+        config.state = state.clone();
+    }
+    if let Some(address) = &cli.address {
+        config.grpc.address = address.clone();
+    }
+    if let Some(level) = &cli.log_level {
+        config.debug.level = level.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}

@@ -1,0 +1,201 @@
+//! Assembles the daemon: stores, services, the unix socket, and shutdown.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use berth_proto::containerd::services::{
+    content::v1::content_server::ContentServer, events::v1::events_server::EventsServer,
+    introspection::v1::introspection_server::IntrospectionServer,
+    leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
+    version::v1::version_server::VersionServer,
+};
+use berth_proto::grpc::health::v1::health_server::HealthServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::{Config, KvBackend};
+use crate::content::ContentService;
+use crate::events::{EventsService, Exchange};
+use crate::gc::GcScheduler;
+use crate::health::HealthService;
+use crate::introspection::{load_or_create_uuid, IntrospectionService, PluginRecord};
+use crate::leases::LeasesService;
+use crate::namespaces::NamespacesService;
+use crate::version::VersionService;
+
+/// How long in-flight calls (and open event streams) get after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    create_dir(&config.root, 0o711)?;
+    create_dir(&config.state, 0o711)?;
+
+    let backend = match config.metadata.backend {
+        KvBackend::Redb => berth_metadata::Backend::Redb,
+        #[cfg(feature = "sled")]
+        KvBackend::Sled => berth_metadata::Backend::Sled,
+        #[cfg(not(feature = "sled"))]
+        KvBackend::Sled => bail!("metadata backend sled needs berthd built with --features sled"),
+    };
+    let root = config.root.clone();
+    let (content, db, uuid) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let content = Arc::new(
+            berth_content::Store::open(root.join("io.containerd.content.v1.content"))
+                .context("open content store")?,
+        );
+        let db = berth_metadata::Db::open(
+            berth_metadata::DbOptions {
+                path: root.join("io.containerd.metadata.v1.kv"),
+                backend,
+            },
+            content.clone(),
+        )
+        .context("open metadata store")?;
+        let uuid = load_or_create_uuid(&root).context("server uuid")?;
+        Ok((content, db, uuid))
+    })
+    .await??;
+    let _ = content;
+
+    let exchange = Exchange::new();
+    let gc = GcScheduler::start(
+        db.clone(),
+        Duration::from_millis(config.gc.schedule_delay_ms),
+    );
+    // Leftovers of a crash (orphan blobs, stale ingests) go at start-up.
+    gc.schedule();
+
+    let plugins = plugin_records(&config);
+    let max_recv = config.grpc.max_recv_message_size;
+    let max_send = config.grpc.max_send_message_size;
+
+    macro_rules! svc {
+        ($server:ident, $svc:expr) => {
+            $server::new($svc)
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(max_send)
+        };
+    }
+
+    let router = tonic::transport::Server::builder()
+        .add_service(svc!(VersionServer, VersionService))
+        .add_service(svc!(HealthServer, HealthService))
+        .add_service(svc!(
+            IntrospectionServer,
+            IntrospectionService::new(plugins, uuid)
+        ))
+        .add_service(svc!(
+            NamespacesServer,
+            NamespacesService::new(db.clone(), exchange.clone())
+        ))
+        .add_service(svc!(
+            ContentServer,
+            ContentService::new(db.clone(), exchange.clone(), gc.clone())
+        ))
+        .add_service(svc!(
+            LeasesServer,
+            LeasesService::new(db.clone(), gc.clone())
+        ))
+        .add_service(svc!(EventsServer, EventsService::new(exchange.clone())));
+
+    let listener = bind_socket(&config.grpc.address, config.grpc.uid, config.grpc.gid)?;
+    tracing::info!(address = %config.grpc.address.display(), root = %config.root.display(),
+        "berthd serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        UnixListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("calls still open after grace period; closing them"),
+    }
+    let _ = std::fs::remove_file(&config.grpc.address);
+    Ok(())
+}
+
+fn plugin_records(config: &Config) -> Vec<PluginRecord> {
+    const GRPC: &str = "io.containerd.grpc.v1";
+    const METADATA: &str = "io.containerd.metadata.v1";
+    const CONTENT: &str = "io.containerd.content.v1";
+    const EVENT: &str = "io.containerd.event.v1";
+    const GC: &str = "io.containerd.gc.v1";
+    const LEASE: &str = "io.containerd.lease.v1";
+    let kv = match config.metadata.backend {
+        KvBackend::Redb => "redb",
+        KvBackend::Sled => "sled",
+    };
+    vec![
+        PluginRecord::new(EVENT, "exchange"),
+        PluginRecord::new(CONTENT, "content").export(
+            "root",
+            config
+                .root
+                .join(CONTENT.to_owned() + ".content")
+                .display()
+                .to_string(),
+        ),
+        PluginRecord::new(METADATA, kv)
+            .requires(&[CONTENT, EVENT])
+            .export("backend", kv),
+        PluginRecord::new(GC, "scheduler").requires(&[METADATA]),
+        PluginRecord::new(LEASE, "manager").requires(&[METADATA]),
+        PluginRecord::new(GRPC, "version"),
+        PluginRecord::new(GRPC, "healthcheck"),
+        PluginRecord::new(GRPC, "introspection"),
+        PluginRecord::new(GRPC, "namespaces").requires(&[METADATA]),
+        PluginRecord::new(GRPC, "content").requires(&[METADATA]),
+        PluginRecord::new(GRPC, "leases").requires(&[LEASE]),
+        PluginRecord::new(GRPC, "events").requires(&[EVENT]),
+    ]
+}
+
+fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("create {}", path.display()))
+}
+
+/// Binds the unix socket: replaces a stale one, refuses to steal a live one,
+/// and leaves it mode 0660 owned by the configured uid/gid.
+fn bind_socket(path: &Path, uid: u32, gid: u32) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        create_dir(parent, 0o711)?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another daemon is already serving on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -19,12 +19,12 @@ use berth_errdefs::ErrorKind;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::filters::{self, check_map, Adaptor};
 use crate::leases::{add_lease_resource, remove_lease_resource};
 use crate::namespaces::apply_label_mask;
 use crate::schema::{self, BlobRecord, IngestRecord, CONTENT, INGESTS};
 use crate::validate::{normalize_labels, validate_identifier, validate_labels};
 use crate::Labels;
+use berth_filters::{self as filters, check_map, Adaptor};
 
 /// How long an ingest opened without a lease stays a GC root.
 pub const INGEST_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);

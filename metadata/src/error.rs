@@ -31,7 +31,7 @@ pub enum Error {
     NotImplemented(String),
     /// A filter string did not parse.
     #[error(transparent)]
-    Filter(#[from] crate::filters::ParseError),
+    Filter(#[from] berth_filters::ParseError),
     /// The blob store refused or failed; its kind is kept.
     #[error("{context}: {source}")]
     Content {

@@ -7,11 +7,11 @@ use berth_content::Digest;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::filters::{self, check_map, Adaptor};
 use crate::kv::{ReadTxn, WriteTxn};
 use crate::schema::{self, LeaseRecord, CONTAINERS, CONTENT, IMAGES, INGESTS, SNAPSHOTS};
 use crate::validate::{normalize_labels, validate_identifier, validate_labels};
 use crate::Labels;
+use berth_filters::{self as filters, check_map, Adaptor};
 
 /// A lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,6 @@
 pub mod content;
 mod db;
 pub mod error;
-pub mod filters;
 pub mod gc;
 pub mod kv;
 pub mod leases;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use berth_metadata::filters::{self, Adaptor};
+use berth_filters::{self as filters, Adaptor};
 use berth_proto::containerd::services::introspection::v1::{
     introspection_server::Introspection, Plugin, PluginInfoRequest, PluginInfoResponse,
     PluginsRequest, PluginsResponse, ServerResponse,

@@ -7,7 +7,7 @@ pub use service::EventsService;
 
 use std::time::SystemTime;
 
-use berth_metadata::filters::{Adaptor, Filter};
+use berth_filters::{Adaptor, Filter};
 use berth_metadata::validate::validate_identifier;
 use berth_proto::containerd::types::Envelope;
 use prost::Name;

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use berth_metadata::filters;
+use berth_filters as filters;
 use berth_metadata::validate::validate_identifier;
 use berth_proto::containerd::services::events::v1::{
     events_server::Events, ForwardRequest, PublishRequest, SubscribeRequest,

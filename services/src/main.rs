@@ -101,14 +101,15 @@ fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
         Some(path) => Config::load(path, true)?,
         None => Config::load(DEFAULT_CONFIG.as_ref(), false)?,
     };
+    // Paths given on the command line may be relative to the caller.
     if let Some(root) = &cli.root {
-        config.root = root.clone();
+        config.root = std::path::absolute(root)?;
     }
     if let Some(state) = &cli.state {
-        config.state = state.clone();
+        config.state = std::path::absolute(state)?;
     }
     if let Some(address) = &cli.address {
-        config.grpc.address = address.clone();
+        config.grpc.address = std::path::absolute(address)?;
     }
     if let Some(level) = &cli.log_level {
         config.debug.level = level.clone();

@@ -70,7 +70,12 @@ impl Events for EventsService {
         let mut rx = self.exchange.subscribe();
         let stream = async_stream(move |tx| async move {
             loop {
-                match rx.recv().await {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    // The client went away: stop without waiting for an event.
+                    _ = tx.closed() => return,
+                };
+                match received {
                     Ok(env) => {
                         if matches(&filter, &env) && tx.send(Ok(env)).await.is_err() {
                             return;

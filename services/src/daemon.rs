@@ -115,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "shutting down");
     let _ = stop_tx.send(());
+    exchange.close();
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with error"),
@@ -122,6 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("calls still open after grace period; closing them"),
     }
     let _ = std::fs::remove_file(&config.grpc.address);
+    tracing::info!("stopped");
     Ok(())
 }
 

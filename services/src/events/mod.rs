@@ -19,6 +19,8 @@ const CAPACITY: usize = 4096;
 #[derive(Clone)]
 pub struct Exchange {
     tx: broadcast::Sender<Envelope>,
+    /// Flips to true at shutdown so open Subscribe streams end.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Exchange {
@@ -30,7 +32,8 @@ impl Default for Exchange {
 impl Exchange {
     pub fn new() -> Exchange {
         let (tx, _) = broadcast::channel(CAPACITY);
-        Exchange { tx }
+        let (closed, _) = tokio::sync::watch::channel(false);
+        Exchange { tx, closed }
     }
 
     /// Publishes an event the daemon itself raised, after the change it
@@ -56,8 +59,19 @@ impl Exchange {
         let _ = self.tx.send(envelope);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
-        self.tx.subscribe()
+    /// A feed of every envelope from now on, and a signal that fires at shutdown.
+    pub fn subscribe(
+        &self,
+    ) -> (
+        broadcast::Receiver<Envelope>,
+        tokio::sync::watch::Receiver<bool>,
+    ) {
+        (self.tx.subscribe(), self.closed.subscribe())
+    }
+
+    /// Ends every subscription (daemon shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 }
 

@@ -67,13 +67,14 @@ impl Events for EventsService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let filter = filters::parse_all(&request.into_inner().filters).map_err(to_status)?;
-        let mut rx = self.exchange.subscribe();
+        let (mut rx, mut closed) = self.exchange.subscribe();
         let stream = async_stream(move |tx| async move {
             loop {
                 let received = tokio::select! {
                     r = rx.recv() => r,
                     // The client went away: stop without waiting for an event.
                     _ = tx.closed() => return,
+                    _ = closed.wait_for(|c| *c) => return,
                 };
                 match received {
                     Ok(env) => {

@@ -10,9 +10,19 @@
 //! daemon's metadata store; keys here are whatever the caller (the metadata
 //! layer) chooses. Everything is synchronous and blocking.
 
+mod base;
 mod error;
+pub mod fsutil;
+pub mod mount;
+pub mod native;
+pub mod overlay;
+pub mod storage;
+pub mod testsuite;
 
 pub use error::{Error, Result};
+pub use mount::{mount_all, unmount, unmount_all, MountGuard};
+pub use native::NativeSnapshotter;
+pub use overlay::OverlaySnapshotter;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

@@ -1,5 +1,6 @@
 //! [`Db`]: the entry point, tying the KV store to the shared blob store.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
@@ -8,6 +9,7 @@ use berth_content::Store;
 use crate::error::{Error, Result};
 use crate::kv::{self, Backend, KvStore, ReadTxn, WriteTxn};
 use crate::schema::{self, SchemaRecord, SCHEMA_VERSION, V1};
+use crate::snapshots::Registered;
 
 /// Where and how to open the metadata store.
 #[derive(Debug, Clone)]
@@ -30,12 +32,13 @@ impl DbOptions {
     }
 }
 
-/// Namespaced metadata over the shared blob store: namespaces, content
-/// records, ingests, leases and garbage collection.
+/// Namespaced metadata over the shared blob store and the snapshotters:
+/// namespaces, content records, ingests, leases, snapshots and garbage
+/// collection.
 ///
 /// All methods block (file and KV I/O); call them from a blocking thread.
-/// Handles: [`Db::namespaces`], [`Db::content`], [`Db::leases`]; GC:
-/// [`Db::garbage_collect`].
+/// Handles: [`Db::namespaces`], [`Db::content`], [`Db::leases`],
+/// [`Db::snapshots`]; GC: [`Db::garbage_collect`].
 pub struct Db {
     pub(crate) kv: Box<dyn KvStore>,
     pub(crate) store: Arc<Store>,
@@ -44,6 +47,8 @@ pub struct Db {
     /// blob cannot be re-committed (and recorded) between GC deciding it is
     /// unreferenced and deleting it. Never held with a KV write open by GC.
     pub(crate) content_lock: RwLock<()>,
+    /// Snapshotter backends by name ([`Db::register_snapshotter`]).
+    pub(crate) snapshotters: RwLock<BTreeMap<String, Arc<Registered>>>,
     /// Lets handles hand out owned writers (`Arc<Db>`).
     pub(crate) me: Weak<Db>,
 }
@@ -71,6 +76,7 @@ impl Db {
             kv,
             store: content,
             content_lock: RwLock::new(()),
+            snapshotters: RwLock::new(BTreeMap::new()),
             me: me.clone(),
         }))
     }

@@ -39,6 +39,13 @@ pub enum Error {
         #[source]
         source: berth_content::Error,
     },
+    /// A snapshotter backend refused or failed; its kind is kept.
+    #[error("{context}: {source}")]
+    Snapshotter {
+        context: String,
+        #[source]
+        source: berth_snapshotter::Error,
+    },
     /// The embedded KV store failed.
     #[error("metadata store ({backend}): {op}: {source}")]
     Storage {
@@ -71,6 +78,7 @@ impl Error {
             Error::NotImplemented(_) => ErrorKind::NotImplemented,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Content { source, .. } => source.kind(),
+            Error::Snapshotter { source, .. } => source.kind(),
             Error::Storage { .. } | Error::Corrupt { .. } | Error::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -88,6 +96,16 @@ impl Error {
 
     pub(crate) fn content(context: impl Into<String>, source: berth_content::Error) -> Error {
         Error::Content {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn snapshotter(
+        context: impl Into<String>,
+        source: berth_snapshotter::Error,
+    ) -> Error {
+        Error::Snapshotter {
             context: context.into(),
             source,
         }

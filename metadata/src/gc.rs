@@ -4,9 +4,11 @@
 //! Roots:
 //! - leases, unless labelled `containerd.io/gc.expire` with an RFC 3339 time
 //!   that has passed, and every resource they hold;
-//! - objects labelled `containerd.io/gc.root`;
+//! - objects labelled `containerd.io/gc.root` (content, snapshots);
 //! - ingests whose `expire_at` is in the future (leased ingests have none and
 //!   live only through their lease);
+//! - snapshots whose backend work is pending (in flight, or a crash remnant
+//!   that recovery resolves when the snapshotter is registered);
 //! - (later) images unless expired, containers.
 //!
 //! Edges (from an object's labels; `<any>` after `.` or `/`):
@@ -14,20 +16,25 @@
 //!   `containerd.io/gc.ref.content/<any>` -> the content with that digest;
 //! - `containerd.io/gc.ref.snapshot.<snapshotter>[/<any>]` -> that snapshot;
 //! - `containerd.io/gc.ref.image[.<any>|/<any>]` -> that image;
-//! - an ingest with an expected digest -> that content.
+//! - an ingest with an expected digest -> that content;
+//! - a snapshot -> its parent (same namespace and snapshotter).
 //!
-//! Sweep: unreachable content records, ingest records and leases (expired
-//! ones included) of every namespace are deleted in ONE write transaction,
-//! which also does the marking so nothing changes in between. Then, outside
-//! any KV write transaction, blobs that no namespace references any more and
-//! blob-store ingests that no namespace's ingest record names are removed
-//! from disk (under the content lock, so no commit races the sweep).
+//! Sweep: unreachable content records, ingest records, snapshot records and
+//! leases (expired ones included) of every namespace are deleted in ONE write
+//! transaction, which also does the marking so nothing changes in between.
+//! Then, outside any KV write transaction, blobs that no namespace references
+//! any more and blob-store ingests that no namespace's ingest record names are
+//! removed from disk (under the content lock, so no commit races the sweep);
+//! and, per registered snapshotter (under its lock, so no snapshot is created
+//! meanwhile), backend snapshots no record names are removed, children before
+//! parents, followed by the backend's `cleanup`.
 //!
 //! Adding a resource type: a [`ResourceKind`] variant, its roots in
 //! `scan_roots`, its outgoing edges in `references`, its records in
-//! `scan_all` and its deletion in `remove`.
+//! `scan_all` and its deletion in `remove` (and, if it has backend data, a
+//! sweep like `sweep_content` / `sweep_snapshots`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_content::Digest;
@@ -37,7 +44,8 @@ use crate::db::Db;
 use crate::error::Result;
 use crate::kv::{ReadTxn, WriteTxn};
 use crate::schema::{
-    self, BlobRecord, IngestRecord, LeaseRecord, CONTAINERS, CONTENT, IMAGES, INGESTS, SNAPSHOTS,
+    self, BlobRecord, IngestRecord, LeaseRecord, SnapshotRecord, CONTAINERS, CONTENT, IMAGES,
+    INGESTS, SNAPSHOTS,
 };
 use crate::time::parse_rfc3339;
 use crate::Labels;
@@ -78,6 +86,15 @@ pub struct Removed {
     pub key: String,
 }
 
+/// A backend snapshot removed by GC.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RemovedSnapshot {
+    /// The snapshotter's name.
+    pub snapshotter: String,
+    /// The backend's key (`<ns>/<random>/<key>`).
+    pub key: String,
+}
+
 /// What a collection did.
 #[derive(Debug, Clone, Default)]
 pub struct GcStats {
@@ -88,10 +105,15 @@ pub struct GcStats {
     pub blobs_removed: Vec<Digest>,
     /// Blob-store ingests aborted (backend refs).
     pub ingests_aborted: Vec<String>,
+    /// Backend snapshots removed, in the order they were removed (children
+    /// before parents).
+    pub snapshots_removed: Vec<RemovedSnapshot>,
     /// Time spent marking and sweeping records (the write transaction).
     pub meta_duration: Duration,
     /// Time spent removing blobs and ingests from disk.
     pub content_duration: Duration,
+    /// Time spent removing backend snapshots (and in backends' cleanup).
+    pub snapshot_duration: Duration,
 }
 
 impl GcStats {
@@ -102,7 +124,7 @@ impl GcStats {
 
     /// Total time.
     pub fn elapsed(&self) -> Duration {
-        self.meta_duration + self.content_duration
+        self.meta_duration + self.content_duration + self.snapshot_duration
     }
 
     /// Content records removed, as (namespace, digest).
@@ -111,6 +133,17 @@ impl GcStats {
             .iter()
             .filter(|r| r.kind == ResourceKind::Content)
             .map(|r| (r.namespace.as_str(), r.key.as_str()))
+    }
+
+    /// Snapshot records removed, as (namespace, snapshotter, key).
+    pub fn removed_snapshots(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.removed
+            .iter()
+            .filter(|r| r.kind == ResourceKind::Snapshot)
+            .filter_map(|r| {
+                let (sn, key) = r.key.split_once('/')?;
+                Some((r.namespace.as_str(), sn, key))
+            })
     }
 }
 
@@ -160,7 +193,64 @@ impl Db {
         let t1 = Instant::now();
         self.sweep_content(&mut stats)?;
         stats.content_duration = t1.elapsed();
+
+        let t2 = Instant::now();
+        let swept = self.sweep_snapshots(&mut stats);
+        stats.snapshot_duration = t2.elapsed();
+        swept?;
         Ok(stats)
+    }
+
+    /// Removes backend snapshots no record names, leaf first, then lets each
+    /// backend clean up. Per snapshotter, holds its lock exclusively (no
+    /// prepare/view/commit meanwhile), never a KV write. A snapshot the
+    /// backend refuses to remove is logged and left for the next run.
+    fn sweep_snapshots(&self, stats: &mut GcStats) -> Result<()> {
+        let mut first_err = None;
+        for (name, reg) in self.registered_snapshotters() {
+            let _exclusive = reg.exclusive();
+            let seen = self.view(|tx| crate::snapshots::referenced_bkeys(tx, &name))?;
+            let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+            if let Err(e) = reg.backend.walk(&[], &mut |info| {
+                nodes.insert(info.name, info.parent);
+                Ok(())
+            }) {
+                tracing::warn!(snapshotter = %name, error = %e, "gc: cannot walk snapshots");
+                first_err.get_or_insert(crate::Error::snapshotter(
+                    format!("gc: walk snapshotter {name:?}"),
+                    e,
+                ));
+                continue;
+            }
+            let orphans: Vec<String> = nodes
+                .keys()
+                .filter(|k| !seen.contains(*k))
+                .cloned()
+                .collect();
+            for key in crate::snapshots::leaf_first(&nodes, orphans) {
+                match reg.backend.remove(&key) {
+                    Ok(()) => {
+                        tracing::debug!(snapshotter = %name, key = %key, "gc removed snapshot");
+                        stats.snapshots_removed.push(RemovedSnapshot {
+                            snapshotter: name.clone(),
+                            key,
+                        });
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(snapshotter = %name, key = %key, error = %e,
+                            "gc: cannot remove snapshot; leaving it for the next run");
+                    }
+                }
+            }
+            if let Err(e) = reg.backend.cleanup() {
+                tracing::warn!(snapshotter = %name, error = %e, "gc: snapshotter cleanup failed");
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Deletes unreferenced blobs and orphan blob-store ingests. Holds the
@@ -304,6 +394,19 @@ fn scan_roots<R: ReadTxn + ?Sized>(tx: &R, now: SystemTime) -> Result<Vec<Node>>
             }
             Ok(())
         })?;
+
+        // Snapshots labelled as a root, or with backend work pending.
+        schema::scan_children(tx, &schema::snapshots_prefix(&ns), 2, |k, rest, v| {
+            let r: SnapshotRecord = schema::decode_json(k, v)?;
+            if r.labels.contains_key(LABEL_GC_ROOT) || r.pending.is_some() {
+                roots.push(node(
+                    ResourceKind::Snapshot,
+                    &ns,
+                    format!("{}/{}", rest[0], rest[1]),
+                ));
+            }
+            Ok(())
+        })?;
     }
     Ok(roots)
 }
@@ -353,12 +456,25 @@ fn references<R: ReadTxn + ?Sized>(tx: &R, n: &Node, out: &mut Vec<Node>) -> Res
                 }
             }
         }
-        // Leases' resources are roots already; images, containers and
-        // snapshots get their edges when their records exist.
-        ResourceKind::Lease
-        | ResourceKind::Image
-        | ResourceKind::Container
-        | ResourceKind::Snapshot => {}
+        ResourceKind::Snapshot => {
+            let Some((sn, key)) = n.key.split_once('/') else {
+                return Ok(());
+            };
+            let rkey = schema::snapshot_key(&n.ns, sn, key);
+            if let Some(r) = schema::get_json::<SnapshotRecord, _>(tx, &rkey)? {
+                if !r.parent.is_empty() {
+                    out.push(node(
+                        ResourceKind::Snapshot,
+                        &n.ns,
+                        format!("{sn}/{}", r.parent),
+                    ));
+                }
+                label_refs(&n.ns, &r.labels, out);
+            }
+        }
+        // Leases' resources are roots already; images and containers get
+        // their edges when their records exist.
+        ResourceKind::Lease | ResourceKind::Image | ResourceKind::Container => {}
     }
     Ok(())
 }
@@ -397,6 +513,16 @@ fn scan_all<R: ReadTxn + ?Sized>(tx: &R) -> Result<Vec<Node>> {
             })?;
             all.extend(keys.into_iter().map(|k| node(kind, &ns, k)));
         }
+        let mut snapshots = BTreeSet::new();
+        schema::scan_children(tx, &schema::snapshots_prefix(&ns), 2, |_, rest, _| {
+            snapshots.insert(format!("{}/{}", rest[0], rest[1]));
+            Ok(())
+        })?;
+        all.extend(
+            snapshots
+                .into_iter()
+                .map(|k| node(ResourceKind::Snapshot, &ns, k)),
+        );
     }
     Ok(all)
 }
@@ -415,7 +541,21 @@ fn remove<W: WriteTxn + ?Sized>(tx: &mut W, n: &Node) -> Result<()> {
         ResourceKind::Lease => {
             tx.delete_prefix(&schema::lease_key(&n.ns, &n.key))?;
         }
-        ResourceKind::Image | ResourceKind::Container | ResourceKind::Snapshot => {}
+        ResourceKind::Snapshot => {
+            let Some((sn, key)) = n.key.split_once('/') else {
+                return Ok(());
+            };
+            let rkey = schema::snapshot_key(&n.ns, sn, key);
+            if let Some(r) = schema::get_json::<SnapshotRecord, _>(tx, &rkey)? {
+                // The record, its child links, and its link from a parent
+                // that stays.
+                tx.delete_prefix(&rkey)?;
+                if !r.parent.is_empty() {
+                    tx.delete(&schema::snapshot_child_key(&n.ns, sn, &r.parent, key))?;
+                }
+            }
+        }
+        ResourceKind::Image | ResourceKind::Container => {}
     }
     Ok(())
 }

@@ -19,7 +19,10 @@
 //! v1/<ns>/leases/<id>/snapshots/<snapshotter>/<key>  ""
 //! v1/<ns>/images/<name>                     (reserved: image records)
 //! v1/<ns>/containers/<id>                   (reserved: container records)
-//! v1/<ns>/snapshots/<snapshotter>/<key>     (reserved: snapshot records)
+//! v1/<ns>/snapshots/<snapshotter>/<key>     {"bkey":"<backend key>","kind":"active"|"view"|"committed",
+//!                                            "parent":"<key>","created_at":T,"updated_at":T,"labels":{..},
+//!                                            "pending":{..}|absent}
+//! v1/<ns>/snapshots/<snapshotter>/<key>/children/<child>  ""        child links
 //! ```
 //!
 //! Notes:
@@ -29,6 +32,18 @@
 //!   namespaces (or an aborted and a new ingest) never share a backend ingest.
 //! - Content blobs themselves are shared by all namespaces in the blob store;
 //!   a namespace sees a blob only through its `content/blob/<digest>` record.
+//! - The backend key of a snapshot is `<ns>/<random>/<key>`: unique, so two
+//!   namespaces (or a removed and a re-created key) never share a backend
+//!   snapshot. A snapshot's `parent` is the namespace's key of its committed
+//!   parent; the parent lists it under `children` (so a parent with children
+//!   cannot be removed).
+//! - `pending` marks a snapshot whose backend work has not been confirmed:
+//!   `{"op":"create","lease":..}` on a reserved prepare/view key, and
+//!   `{"op":"commit","from":"<key>","lease":..}` on a name being committed
+//!   from an active key (which carries `{"op":"committing","to":"<name>"}`).
+//!   Pending records are invisible to Stat/Walk, are GC roots, and are rolled
+//!   back or forward from the backend's state when the snapshotter is
+//!   registered (crash recovery; see `snapshots.rs`).
 //! - An ingest has `expire_at` (24h after it was opened) unless it was opened
 //!   under a lease, in which case the lease keeps it (see the `gc` module).
 //! - A change to this layout needs a new version and a migration in
@@ -60,6 +75,7 @@ pub(crate) const LEASES: &str = "leases";
 pub(crate) const IMAGES: &str = "images";
 pub(crate) const CONTAINERS: &str = "containers";
 pub(crate) const SNAPSHOTS: &str = "snapshots";
+pub(crate) const CHILDREN: &str = "children";
 
 const TERM: u8 = 0x00;
 const ESC: u8 = 0x01;
@@ -156,6 +172,36 @@ pub(crate) fn lease_resource_key(ns: &str, id: &str, resource: &[&str]) -> Vec<u
     encode(&parts)
 }
 
+/// `v1/<ns>/snapshots`: every snapshotter's records of the namespace.
+pub(crate) fn snapshots_prefix(ns: &str) -> Vec<u8> {
+    encode(&[V1, ns, SNAPSHOTS])
+}
+
+/// `v1/<ns>/snapshots/<snapshotter>`
+pub(crate) fn snapshotter_prefix(ns: &str, snapshotter: &str) -> Vec<u8> {
+    encode(&[V1, ns, SNAPSHOTS, snapshotter])
+}
+
+/// `v1/<ns>/snapshots/<snapshotter>/<key>` (also the prefix of its child links).
+pub(crate) fn snapshot_key(ns: &str, snapshotter: &str, key: &str) -> Vec<u8> {
+    encode(&[V1, ns, SNAPSHOTS, snapshotter, key])
+}
+
+/// `v1/<ns>/snapshots/<snapshotter>/<parent>/children/<child>`
+pub(crate) fn snapshot_child_key(
+    ns: &str,
+    snapshotter: &str,
+    parent: &str,
+    child: &str,
+) -> Vec<u8> {
+    encode(&[V1, ns, SNAPSHOTS, snapshotter, parent, CHILDREN, child])
+}
+
+/// `v1/<ns>/snapshots/<snapshotter>/<parent>/children`
+pub(crate) fn snapshot_children_prefix(ns: &str, snapshotter: &str, parent: &str) -> Vec<u8> {
+    encode(&[V1, ns, SNAPSHOTS, snapshotter, parent, CHILDREN])
+}
+
 /// Schema version record at `v1`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SchemaRecord {
@@ -199,6 +245,53 @@ pub(crate) struct LeaseRecord {
     pub(crate) created_at: SystemTime,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) labels: Labels,
+}
+
+/// A snapshot's kind as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SnapshotKind {
+    View,
+    Active,
+    Committed,
+}
+
+/// Backend work a snapshot record is waiting for (see the module notes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub(crate) enum Pending {
+    /// A reserved prepare/view key; the backend snapshot may not exist yet.
+    Create {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<String>,
+    },
+    /// A name being committed from active key `from`.
+    Commit {
+        from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<String>,
+    },
+    /// An active key being committed as `to`.
+    Committing { to: String },
+}
+
+/// `v1/<ns>/snapshots/<snapshotter>/<key>`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapshotRecord {
+    /// The key of the snapshot in the backend.
+    pub(crate) bkey: String,
+    pub(crate) kind: SnapshotKind,
+    /// The namespace's key of the parent; empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) parent: String,
+    #[serde(with = "nanos")]
+    pub(crate) created_at: SystemTime,
+    #[serde(with = "nanos")]
+    pub(crate) updated_at: SystemTime,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) labels: Labels,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pending: Option<Pending>,
 }
 
 pub(crate) fn get_json<T, R>(tx: &R, key: &[u8]) -> Result<Option<T>>

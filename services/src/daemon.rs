@@ -1,7 +1,7 @@
 //! Assembles the daemon: stores, services, the unix socket, and shutdown.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use berth_proto::containerd::services::{
     content::v1::content_server::ContentServer, events::v1::events_server::EventsServer,
     introspection::v1::introspection_server::IntrospectionServer,
     leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
-    version::v1::version_server::VersionServer,
+    snapshots::v1::snapshots_server::SnapshotsServer, version::v1::version_server::VersionServer,
 };
 use berth_proto::grpc::health::v1::health_server::HealthServer;
 use tokio::net::UnixListener;
@@ -24,6 +24,7 @@ use crate::health::HealthService;
 use crate::introspection::{load_or_create_uuid, IntrospectionService, PluginRecord};
 use crate::leases::LeasesService;
 use crate::namespaces::NamespacesService;
+use crate::snapshots::SnapshotsService;
 use crate::version::VersionService;
 
 /// How long in-flight calls (and open event streams) get after SIGTERM.
@@ -41,23 +42,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         KvBackend::Sled => bail!("metadata backend sled needs berthd built with --features sled"),
     };
     let root = config.root.clone();
-    let (content, db, uuid) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let content = Arc::new(
-            berth_content::Store::open(root.join("io.containerd.content.v1.content"))
-                .context("open content store")?,
-        );
-        let db = berth_metadata::Db::open(
-            berth_metadata::DbOptions {
-                path: root.join("io.containerd.metadata.v1.kv"),
-                backend,
-            },
-            content.clone(),
-        )
-        .context("open metadata store")?;
-        let uuid = load_or_create_uuid(&root).context("server uuid")?;
-        Ok((content, db, uuid))
-    })
-    .await??;
+    let (content, db, uuid, snapshotters) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let content = Arc::new(
+                berth_content::Store::open(root.join("io.containerd.content.v1.content"))
+                    .context("open content store")?,
+            );
+            let db = berth_metadata::Db::open(
+                berth_metadata::DbOptions {
+                    path: root.join("io.containerd.metadata.v1.kv"),
+                    backend,
+                },
+                content.clone(),
+            )
+            .context("open metadata store")?;
+            let uuid = load_or_create_uuid(&root).context("server uuid")?;
+            let snapshotters = start_snapshotters(&root, &db)?;
+            Ok((content, db, uuid, snapshotters))
+        })
+        .await??;
     let _ = content;
 
     let exchange = Exchange::new();
@@ -68,7 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Leftovers of a crash (orphan blobs, stale ingests) go at start-up.
     gc.schedule();
 
-    let plugins = plugin_records(&config);
+    let plugins = plugin_records(&config, &snapshotters);
     let max_recv = config.grpc.max_recv_message_size;
     let max_send = config.grpc.max_send_message_size;
 
@@ -99,6 +102,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             LeasesServer,
             LeasesService::new(db.clone(), gc.clone())
         ))
+        .add_service(svc!(
+            SnapshotsServer,
+            SnapshotsService::new(db.clone(), exchange.clone(), gc.clone())
+        ))
         .add_service(svc!(EventsServer, EventsService::new(exchange.clone())));
 
     let listener = bind_socket(&config.grpc.address, config.grpc.uid, config.grpc.gid)?;
@@ -127,7 +134,62 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plugin_records(config: &Config) -> Vec<PluginRecord> {
+/// Plugin type of snapshotters, as containerd's.
+const SNAPSHOTTER: &str = "io.containerd.snapshotter.v1";
+
+/// A snapshotter backend as started: its root, and why it could not start
+/// on this host, if it could not.
+struct SnapshotterStatus {
+    name: &'static str,
+    root: PathBuf,
+    init_err: Option<String>,
+}
+
+/// Creates the snapshotter backends under `<root>/io.containerd.snapshotter.v1.<name>`
+/// and registers them with the metadata store (which recovers what a crash
+/// left half-done). A backend that cannot work on this host is reported, not
+/// fatal; a failing recovery is fatal (the store would be inconsistent).
+fn start_snapshotters(
+    root: &Path,
+    db: &berth_metadata::Db,
+) -> anyhow::Result<Vec<SnapshotterStatus>> {
+    type Ctor = fn(&Path) -> berth_snapshotter::Result<Arc<dyn berth_snapshotter::Snapshotter>>;
+    let backends: [(&'static str, Ctor); 2] = [
+        ("overlayfs", |p| {
+            Ok(Arc::new(
+                berth_snapshotter::overlay::OverlaySnapshotter::new(p)?,
+            ))
+        }),
+        ("native", |p| {
+            Ok(Arc::new(berth_snapshotter::native::NativeSnapshotter::new(
+                p,
+            )?))
+        }),
+    ];
+    let mut out = Vec::new();
+    for (name, ctor) in backends {
+        let dir = root.join(format!("{SNAPSHOTTER}.{name}"));
+        let init_err = match ctor(&dir) {
+            Ok(backend) => {
+                db.register_snapshotter(name, backend)
+                    .with_context(|| format!("snapshotter {name}: recover"))?;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(snapshotter = name, error = %e, "snapshotter unavailable on this host");
+                Some(e.to_string())
+            }
+        };
+        out.push(SnapshotterStatus {
+            name,
+            root: dir,
+            init_err,
+        });
+    }
+    Ok(out)
+}
+
+fn plugin_records(config: &Config, snapshotters: &[SnapshotterStatus]) -> Vec<PluginRecord> {
     const GRPC: &str = "io.containerd.grpc.v1";
     const METADATA: &str = "io.containerd.metadata.v1";
     const CONTENT: &str = "io.containerd.content.v1";
@@ -138,7 +200,7 @@ fn plugin_records(config: &Config) -> Vec<PluginRecord> {
         KvBackend::Redb => "redb",
         KvBackend::Sled => "sled",
     };
-    vec![
+    let mut records = vec![
         PluginRecord::new(EVENT, "exchange"),
         PluginRecord::new(CONTENT, "content").export(
             "root",
@@ -148,8 +210,16 @@ fn plugin_records(config: &Config) -> Vec<PluginRecord> {
                 .display()
                 .to_string(),
         ),
+    ];
+    for s in snapshotters {
+        let mut r =
+            PluginRecord::new(SNAPSHOTTER, s.name).export("root", s.root.display().to_string());
+        r.init_err = s.init_err.clone();
+        records.push(r);
+    }
+    records.extend([
         PluginRecord::new(METADATA, kv)
-            .requires(&[CONTENT, EVENT])
+            .requires(&[CONTENT, EVENT, SNAPSHOTTER])
             .export("backend", kv),
         PluginRecord::new(GC, "scheduler").requires(&[METADATA]),
         PluginRecord::new(LEASE, "manager").requires(&[METADATA]),
@@ -159,8 +229,10 @@ fn plugin_records(config: &Config) -> Vec<PluginRecord> {
         PluginRecord::new(GRPC, "namespaces").requires(&[METADATA]),
         PluginRecord::new(GRPC, "content").requires(&[METADATA]),
         PluginRecord::new(GRPC, "leases").requires(&[LEASE]),
+        PluginRecord::new(GRPC, "snapshots").requires(&[METADATA]),
         PluginRecord::new(GRPC, "events").requires(&[EVENT]),
-    ]
+    ]);
+    records
 }
 
 fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {

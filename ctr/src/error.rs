@@ -78,7 +78,27 @@ impl std::error::Error for Reported {}
 
 /// Prints an error on one line without exiting, for commands that go on with other arguments.
 pub fn print(e: &anyhow::Error) {
-    eprintln!("berth: {}", one_line(&format!("{e:#}")));
+    eprintln!("berth: {}", strip_os_errors(&one_line(&format!("{e:#}"))));
+}
+
+/// Drops every " (os error N)" from a message: the text before it says the same.
+pub fn strip_os_errors(s: &str) -> String {
+    const MARK: &str = " (os error ";
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(MARK) {
+        let after = &rest[i + MARK.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str(&rest[..i]);
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..i + MARK.len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The exit path of `main`.
@@ -167,6 +187,16 @@ mod tests {
     fn messages_are_one_line() {
         assert_eq!(one_line("a\n  b\n\nc"), "a b c");
         assert_eq!(one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn os_error_codes_are_dropped() {
+        assert_eq!(
+            strip_os_errors("open x: No such file or directory (os error 2): more"),
+            "open x: No such file or directory: more"
+        );
+        assert_eq!(strip_os_errors("a (os error x) b"), "a (os error x) b");
+        assert_eq!(strip_os_errors("a (os error 13)"), "a");
     }
 
     #[test]

@@ -196,21 +196,24 @@ pub async fn upload(conn: &Conn, up: Upload, mut source: Source) -> anyhow::Resu
     let computed = hasher.map(|h| format!("sha256:{}", hex::encode(h.finalize())));
     let commit = WriteContentRequest {
         action: WriteAction::Commit as i32,
+        // The offset matters: a WRITE or COMMIT at offset 0 restarts a non-empty ingest.
+        offset: offset as i64,
         total: offset as i64,
         expected: up.expected.clone().unwrap_or_default(),
         labels: up.labels.clone(),
         ..Default::default()
     };
     send(&tx, &mut responses, commit, ctx).await?;
+    // What we know beats what the server echoes: the expected digest was verified by the
+    // commit, and the local hash covers every byte sent.
+    let known = up.expected.clone().or(computed);
     let (digest, existed) = match next(&mut responses, ctx).await {
-        Ok(resp) if !resp.digest.is_empty() => (resp.digest, false),
-        Ok(_) => (
-            up.expected.clone().or(computed).ok_or_else(|| {
-                anyhow!("{ctx}: the server did not say which digest it committed")
-            })?,
-            false,
-        ),
-        Err(e) if is_already_exists(&e) => match up.expected.clone().or(computed) {
+        Ok(resp) => match known {
+            Some(d) => (d, false),
+            None if !resp.digest.is_empty() => (resp.digest, false),
+            None => bail!("{ctx}: the server did not say which digest it committed"),
+        },
+        Err(e) if is_already_exists(&e) => match known {
             Some(d) => (d, true),
             None => return Err(e),
         },

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::output::human_size;
 
 const WIDTH: usize = 30;
+const LABEL_WIDTH: usize = 32;
 const REDRAW_EVERY: Duration = Duration::from_millis(100);
 
 pub struct Progress {
@@ -21,7 +22,7 @@ impl Progress {
     pub fn new(label: &str, total: Option<u64>) -> Self {
         let total = total.unwrap_or(0);
         Progress {
-            label: label.to_string(),
+            label: shorten(label, LABEL_WIDTH),
             total,
             done: 0,
             enabled: total > 0 && std::io::stderr().is_terminal(),
@@ -74,6 +75,16 @@ impl Drop for Progress {
     }
 }
 
+/// Cuts `s` to `max` characters, ending in `…` if cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// `label [=========>          ]  45%  12.3 MiB / 27.0 MiB`
 pub fn render(label: &str, done: u64, total: u64) -> String {
     let fraction = if total == 0 {
@@ -100,6 +111,12 @@ pub fn render(label: &str, done: u64, total: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortens_labels() {
+        assert_eq!(shorten("abc", 5), "abc");
+        assert_eq!(shorten("abcdef", 5), "abcd…");
+    }
 
     #[test]
     fn renders_bar() {

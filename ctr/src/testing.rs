@@ -175,7 +175,12 @@ impl Content for Fake {
                         if total > 0 {
                             ingest.1 = total;
                         }
-                        match WriteAction::try_from(req.action) {
+                        let action = WriteAction::try_from(req.action);
+                        // containerd: a WRITE or COMMIT at offset 0 restarts the ingest.
+                        if action != Ok(WriteAction::Stat) && req.offset == 0 {
+                            ingest.0.clear();
+                        }
+                        match action {
                             Ok(WriteAction::Stat) => {}
                             Ok(WriteAction::Write) => {
                                 if req.offset != ingest.0.len() as i64 {

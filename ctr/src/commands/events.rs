@@ -32,7 +32,8 @@ pub async fn run(g: &Global, args: Args) -> anyhow::Result<()> {
             Format::Json => output::json_line(&json_line(&envelope))?,
         }
     }
-    Ok(())
+    // A subscription only ends when the daemon goes away (shutdown, restart).
+    anyhow::bail!("events: berthd ended the event stream")
 }
 
 /// `TIMESTAMP NAMESPACE TOPIC EVENT`

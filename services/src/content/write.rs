@@ -175,13 +175,15 @@ fn step(
                 writer.write(&req.data).map_err(to_status)?;
                 resp.offset += to_i64(req.data.len() as u64);
             }
-            if action == WriteAction::Commit {
+            let digest = if action == WriteAction::Commit {
                 let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
                 writer
                     .commit(want.total, want.expected, labels)
-                    .map_err(to_status)?;
-            }
-            resp.digest = writer.digest().to_string();
+                    .map_err(to_status)?
+            } else {
+                writer.digest()
+            };
+            resp.digest = digest.to_string();
         }
     }
     Ok(resp)

@@ -316,6 +316,50 @@ pub fn unmount_all(target: &Path) -> Result<()> {
     }
 }
 
+/// Mount points at or below `dir`, deepest first, from
+/// `/proc/self/mountinfo`.
+pub fn mounts_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out.dedup();
+    Ok(out)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts everything mounted at or below `dir` (deepest first).
+pub fn unmount_recursive(dir: &Path) -> Result<()> {
+    for m in mounts_below(dir)? {
+        unmount_all(&m)?;
+    }
+    Ok(())
+}
+
 /// Unmounts `target` when dropped (errors are logged): keeps tests and
 /// callers from leaking mounts on early returns.
 pub struct MountGuard {

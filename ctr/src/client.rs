@@ -9,7 +9,7 @@ use berth_proto::containerd::services::{
     content::v1::content_client::ContentClient, events::v1::events_client::EventsClient,
     introspection::v1::introspection_client::IntrospectionClient,
     leases::v1::leases_client::LeasesClient, namespaces::v1::namespaces_client::NamespacesClient,
-    version::v1::version_client::VersionClient,
+    snapshots::v1::snapshots_client::SnapshotsClient, version::v1::version_client::VersionClient,
 };
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -84,6 +84,7 @@ impl Conn {
         introspection => IntrospectionClient,
         leases => LeasesClient,
         namespaces => NamespacesClient,
+        snapshots => SnapshotsClient,
         version => VersionClient,
     }
 

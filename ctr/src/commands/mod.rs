@@ -1,11 +1,12 @@
 //! One module per command group; each has a clap enum (or args struct) and a `run`.
-//! Later groups (snapshots, images, containers, tasks, run) add a variant here and a file.
+//! Later groups (images, containers, tasks, run) add a variant here and a file.
 
 mod content;
 mod events;
 mod leases;
 mod namespaces;
 mod plugins;
+mod snapshots;
 mod version;
 
 use crate::Global;
@@ -29,6 +30,9 @@ pub enum Command {
     /// Inspect the daemon's plugins.
     #[command(subcommand, alias = "plugin")]
     Plugins(plugins::Command),
+    /// Manage snapshots (container filesystems) of a snapshotter.
+    #[command(alias = "snapshot")]
+    Snapshots(snapshots::Args),
 }
 
 pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
@@ -39,6 +43,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Leases(c) => leases::run(g, c).await,
         Command::Events(a) => events::run(g, a).await,
         Command::Plugins(c) => plugins::run(g, c).await,
+        Command::Snapshots(a) => snapshots::run(g, a).await,
     }
 }
 

@@ -218,3 +218,41 @@ impl Base {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{NativeSnapshotter, Snapshotter};
+
+    #[test]
+    fn cleanup_removes_only_orphans() {
+        let d = tempfile::tempdir().unwrap();
+        let sn = NativeSnapshotter::new(d.path()).unwrap();
+        sn.prepare("a", "", Default::default()).unwrap();
+        sn.commit("c", "a", Default::default()).unwrap();
+        sn.view("v", "c", Default::default()).unwrap();
+        let snaps = d.path().join("snapshots");
+        std::fs::create_dir(snaps.join("new-abcdef")).unwrap();
+        std::fs::create_dir_all(snaps.join("999/sub")).unwrap();
+        std::fs::write(snaps.join("junk"), b"x").unwrap();
+        // A staging directory in flight is left alone.
+        let staged = sn.base.stage().unwrap();
+        sn.cleanup().unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let staged_name = staged
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut want = vec!["1".to_string(), "2".to_string(), staged_name];
+        want.sort();
+        assert_eq!(names, want);
+        let path = staged.path.clone();
+        drop(staged);
+        assert!(!path.exists());
+    }
+}

@@ -6,6 +6,17 @@
 //! labels, usage) transactionally under its root and hands out [`Mount`]
 //! lists that a client applies to get the filesystem.
 //!
+//! Map:
+//! - [`overlay::OverlaySnapshotter`] (`overlayfs`) and
+//!   [`native::NativeSnapshotter`] (`native`): the backends, each
+//!   `new(root)`; they share the root layout in `base` (private).
+//! - [`storage`]: a backend's transactional metadata (redb `metadata.db`).
+//! - [`mount`]: apply and undo [`Mount`] lists (long overlay lowerdirs too).
+//! - [`fsutil`]: disk usage, faithful tree copy, xattrs.
+//! - [`testsuite`]: the conformance suite every backend and every layer
+//!   above (metadata, gRPC) runs: [`testsuite::snapshotter_suite`],
+//!   [`testsuite::run_named`], [`snapshotter_suite_tests!`].
+//!
 //! Architecture invariants: no gRPC, no namespaces, no knowledge of the
 //! daemon's metadata store; keys here are whatever the caller (the metadata
 //! layer) chooses. Everything is synchronous and blocking.

@@ -432,6 +432,36 @@ mod tests {
     }
 
     #[test]
+    fn overlay_lowerdirs_longer_than_a_page() {
+        let d = tempfile::tempdir().unwrap();
+        let layers = d.path().join("a-rather-long-directory-name-for-the-layers");
+        let mut lowers = Vec::new();
+        for i in 0..200 {
+            let l = layers.join(format!("{i}")).join("fs");
+            std::fs::create_dir_all(&l).unwrap();
+            std::fs::write(l.join(format!("f{i}")), b"x").unwrap();
+            lowers.push(l.display().to_string());
+        }
+        lowers.reverse();
+        let data = format!("lowerdir={}", lowers.join(":"));
+        assert!(data.len() > page_size());
+        let target = d.path().join("merged");
+        std::fs::create_dir(&target).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let m = Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![data],
+        };
+        let g = MountGuard::mount(std::slice::from_ref(&m), &target).unwrap();
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+        assert!(target.join("f0").exists() && target.join("f199").exists());
+        assert_eq!(mounts_below(d.path()).unwrap(), vec![target.clone()]);
+        g.unmount().unwrap();
+        assert!(!target.join("f0").exists());
+    }
+
+    #[test]
     fn bind_ro_and_unmount() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");

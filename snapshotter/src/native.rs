@@ -14,7 +14,7 @@ use crate::{fsutil, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage
 
 /// Snapshotter making full copies.
 pub struct NativeSnapshotter {
-    base: Base,
+    pub(crate) base: Base,
 }
 
 /// Name clients use for this backend.

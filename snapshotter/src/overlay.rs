@@ -42,6 +42,15 @@ impl OverlaySnapshotter {
         if Path::new("/sys/module/overlay/parameters/index").exists() {
             options.push("index=off".to_string());
         }
+        // Leftovers of a check interrupted by a crash (the metadata lock
+        // taken by Base::open keeps other instances out of this root).
+        for name in fsutil::read_dir_names(root)? {
+            if name.to_string_lossy().starts_with(CHECK_PREFIX) {
+                let p = root.join(&name);
+                crate::mount::unmount_recursive(&p)?;
+                fsutil::remove_all(&p)?;
+            }
+        }
         check_mount(root, &options)?;
         Ok(OverlaySnapshotter { base, options })
     }
@@ -148,6 +157,8 @@ impl Snapshotter for OverlaySnapshotter {
     }
 }
 
+const CHECK_PREFIX: &str = "overlay-check-";
+
 /// Is overlayfs known to the kernel?
 fn check_kernel() -> Result<()> {
     let fss = std::fs::read_to_string("/proc/filesystems")
@@ -169,7 +180,7 @@ fn check_kernel() -> Result<()> {
 /// containerd's `overlayutils.Supported`): proves the filesystem of `root`
 /// can hold upper and work directories and that we may mount.
 fn check_mount(root: &Path, extra: &[String]) -> Result<()> {
-    let td = fsutil::mkdtemp_in(root, "overlay-check-")?;
+    let td = fsutil::mkdtemp_in(root, CHECK_PREFIX)?;
     let res = (|| {
         for d in ["lower1", "lower2", "upper", "work", "merged"] {
             fsutil::mkdir_mode(&td.join(d), 0o755)?;

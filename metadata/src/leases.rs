@@ -9,7 +9,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::kv::{ReadTxn, WriteTxn};
 use crate::schema::{self, LeaseRecord, CONTAINERS, CONTENT, IMAGES, INGESTS, SNAPSHOTS};
-use crate::validate::{normalize_labels, validate_identifier, validate_labels};
+use crate::validate::{normalize_labels, validate_identifier, validate_labels, validate_lease_id};
 use crate::Labels;
 use berth_filters::{self as filters, check_map, Adaptor};
 
@@ -129,6 +129,7 @@ impl Leases<'_> {
         let id = if id.is_empty() {
             uuid::Uuid::new_v4().simple().to_string()
         } else {
+            validate_lease_id(id)?;
             id.to_string()
         };
         self.db.update(|tx| {

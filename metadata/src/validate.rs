@@ -40,6 +40,33 @@ pub fn validate_identifier(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// Longest lease id accepted.
+pub const MAX_LEASE_ID_LEN: usize = 255;
+
+/// Checks a lease id. Looser than [`validate_identifier`] on purpose:
+/// containerd's own clients make ids like `123456789-a_-Z` (nanoseconds and
+/// base64url), which the identifier rule would refuse about one time in ten.
+/// Refused: empty, longer than 255 bytes, whitespace, control characters,
+/// `/`, and anything outside printable ASCII.
+pub fn validate_lease_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(
+            "lease id: identifier must not be empty".into(),
+        ));
+    }
+    if id.len() > MAX_LEASE_ID_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "lease id: identifier greater than maximum length ({MAX_LEASE_ID_LEN} bytes)"
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| !c.is_ascii_graphic() || *c == '/') {
+        return Err(Error::InvalidArgument(format!(
+            "lease id: identifier {id:?} must not contain {c:?} (printable ASCII without '/' or spaces)"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks one label: key plus value at most 4096 bytes.
 pub fn validate_label(key: &str, value: &str) -> Result<()> {
     let total = key.len() + value.len();

@@ -24,6 +24,7 @@ use crate::health::HealthService;
 use crate::introspection::{load_or_create_uuid, IntrospectionService, PluginRecord};
 use crate::leases::LeasesService;
 use crate::namespaces::NamespacesService;
+use crate::oversize::OversizeLayer;
 use crate::snapshots::SnapshotsService;
 use crate::version::VersionService;
 
@@ -84,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let router = tonic::transport::Server::builder()
+        .layer(OversizeLayer)
         .add_service(svc!(VersionServer, VersionService))
         .add_service(svc!(HealthServer, HealthService))
         .add_service(svc!(

@@ -11,6 +11,7 @@ mod introspection;
 mod leases;
 mod namespace;
 mod namespaces;
+mod oversize;
 mod snapshots;
 mod version;
 

@@ -33,6 +33,13 @@ fn to_proto(name: String, labels: BTreeMap<String, String>) -> Namespace {
     }
 }
 
+/// containerd publishes namespace events in the caller's namespace (the
+/// `containerd-namespace` header), not the one acted on; without a header,
+/// the one acted on.
+fn event_namespace(md: &tonic::metadata::MetadataMap, acted_on: &str) -> String {
+    crate::namespace::namespace(md).unwrap_or_else(|_| acted_on.to_string())
+}
+
 fn required(ns: Option<Namespace>) -> Result<Namespace, Status> {
     ns.ok_or_else(|| Status::invalid_argument("namespace must be set"))
 }
@@ -70,12 +77,13 @@ impl Namespaces for NamespacesService {
         &self,
         request: Request<CreateNamespaceRequest>,
     ) -> Result<Response<CreateNamespaceResponse>, Status> {
+        let caller = request.metadata().clone();
         let ns = required(request.into_inner().namespace)?;
         let labels: BTreeMap<String, String> = ns.labels.into_iter().collect();
         let (db, name, l) = (self.db.clone(), ns.name.clone(), labels.clone());
         blocking(move || db.namespaces().create(&name, l)).await?;
         self.events.publish(
-            &ns.name,
+            &event_namespace(&caller, &ns.name),
             "/namespaces/create",
             &NamespaceCreate {
                 name: ns.name.clone(),
@@ -91,6 +99,7 @@ impl Namespaces for NamespacesService {
         &self,
         request: Request<UpdateNamespaceRequest>,
     ) -> Result<Response<UpdateNamespaceResponse>, Status> {
+        let caller = request.metadata().clone();
         let req = request.into_inner();
         let ns = required(req.namespace)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -100,7 +109,7 @@ impl Namespaces for NamespacesService {
             .await?
             .labels;
         self.events.publish(
-            &ns.name,
+            &event_namespace(&caller, &ns.name),
             "/namespaces/update",
             &NamespaceUpdate {
                 name: ns.name.clone(),
@@ -116,11 +125,12 @@ impl Namespaces for NamespacesService {
         &self,
         request: Request<DeleteNamespaceRequest>,
     ) -> Result<Response<()>, Status> {
+        let caller = request.metadata().clone();
         let name = request.into_inner().name;
         let (db, n) = (self.db.clone(), name.clone());
         blocking(move || db.namespaces().delete(&n)).await?;
         self.events.publish(
-            &name,
+            &event_namespace(&caller, &name),
             "/namespaces/delete",
             &NamespaceDelete { name: name.clone() },
         );

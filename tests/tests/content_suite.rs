@@ -156,7 +156,6 @@ async fn writer_with_ref_size_and_digest_variants() {
 /// containerd's remote writer takes the committed digest from the COMMIT response (and
 /// compares it with the expected one), so it must be the blob's digest.
 #[tokio::test]
-#[ignore = "daemon bug: the COMMIT response carries sha256 of nothing, not the committed digest"]
 async fn commit_response_carries_the_committed_digest() {
     let d = Daemon::start().await;
     let mut c = d.content("testsuite").await;

@@ -289,7 +289,6 @@ async fn ctr_content_ingest_ls_get_label_rm() {
 
 /// `--expected-digest` / `--expected-size`: ctr checks the COMMIT response's digest.
 #[tokio::test]
-#[ignore = "daemon bug: the COMMIT response carries sha256 of nothing, so ctr reports `unexpected digest`"]
 async fn ctr_content_ingest_with_expected_digest_and_size() {
     let d = Daemon::start().await;
     let data = random_bytes(1 << 20);
@@ -467,7 +466,6 @@ async fn ctr_events_receives_namespace_create() {
 /// `default`), not in the namespace created: `ctr events` shows
 /// `<time> default /namespaces/create {"name":"x"}`.
 #[tokio::test]
-#[ignore = "daemon bug: namespace events carry the created namespace in the envelope, not the caller's"]
 async fn ctr_events_envelope_namespace_is_the_callers() {
     let d = Daemon::start().await;
     let mut cmd = tokio::process::Command::from(ctr_command(&d));

@@ -106,6 +106,7 @@ cases!(
     removed_key_not_found,
     usage,
     cleanup_keeps_snapshots,
+    concurrent_operations,
 );
 
 /// Expands to one `#[test]` per conformance case, each calling
@@ -122,7 +123,8 @@ macro_rules! snapshotter_suite_tests {
             remove_intermediate_snapshot, deleted_files_in_child_snapshot,
             move_file_from_lower_layer, view_readonly, stat_in_walk, close_reopen,
             root_permission, rename_files, layers_128_mount, parent_must_be_committed,
-            commit_errors, removed_key_not_found, usage, cleanup_keeps_snapshots);
+            commit_errors, removed_key_not_found, usage, cleanup_keeps_snapshots,
+            concurrent_operations);
     };
     (@each $backend:expr, $factory:expr; $($case:ident),*) => {
         $(
@@ -281,29 +283,34 @@ fn temp_in(work: &Path, prefix: &str) -> std::result::Result<PathBuf, String> {
 
 /// Prepares a snapshot on `parent`, applies `ops` through its mounts and
 /// commits it; returns the committed name.
-fn create_snapshot(ctx: &Ctx<'_>, parent: &str, ops: &[Op]) -> std::result::Result<String, String> {
+fn create_snapshot(
+    sn: &dyn Snapshotter,
+    work: &Path,
+    parent: &str,
+    ops: &[Op],
+) -> std::result::Result<String, String> {
     let n = unique("layer");
     let prepare = format!("{n}-prepare");
-    let m = ctx.sn.prepare(&prepare, parent, opt()).ctx("prepare")?;
-    let td = temp_in(&ctx.work, "prepare")?;
+    let m = sn.prepare(&prepare, parent, opt()).ctx("prepare")?;
+    let td = temp_in(work, "prepare")?;
     let g = mount(&m, &td)?;
     apply(&td, ops)?;
     unmount(g)?;
     fs::remove_dir(&td).ctx("remove mount point")?;
-    ctx.sn.commit(&n, &prepare, opt()).ctx("commit")?;
+    sn.commit(&n, &prepare, opt()).ctx("commit")?;
     Ok(n)
 }
 
 /// Mounts a view of `name` and compares it with the tree at `check`.
-fn check_snapshot(ctx: &Ctx<'_>, name: &str, check: &Path) -> CaseResult {
+fn check_snapshot(sn: &dyn Snapshotter, work: &Path, name: &str, check: &Path) -> CaseResult {
     let view = format!("{name}-view");
-    let m = ctx.sn.view(&view, name, opt()).ctx("view")?;
-    let td = temp_in(&ctx.work, "check")?;
+    let m = sn.view(&view, name, opt()).ctx("view")?;
+    let td = temp_in(work, "check")?;
     let g = mount(&m, &td)?;
     let res = check_directory_equal(check, &td);
     unmount(g)?;
     fs::remove_dir(&td).ctx("remove mount point")?;
-    ctx.sn.remove(&view).ctx("remove view")?;
+    sn.remove(&view).ctx("remove view")?;
     res
 }
 
@@ -314,9 +321,11 @@ fn check_snapshots(ctx: &Ctx<'_>, layers: &[Vec<Op>]) -> std::result::Result<Vec
     let mut parent = String::new();
     let mut names = Vec::new();
     for (i, ops) in layers.iter().enumerate() {
-        let s = create_snapshot(ctx, &parent, ops).ctx(format!("snapshot {}", i + 1))?;
+        let s = create_snapshot(ctx.sn.as_ref(), &ctx.work, &parent, ops)
+            .ctx(format!("snapshot {}", i + 1))?;
         apply(&flat, ops)?;
-        check_snapshot(ctx, &s, &flat).ctx(format!("check of snapshot {}", i + 1))?;
+        check_snapshot(ctx.sn.as_ref(), &ctx.work, &s, &flat)
+            .ctx(format!("check of snapshot {}", i + 1))?;
         names.push(s.clone());
         parent = s;
     }
@@ -953,7 +962,12 @@ fn view_readonly(ctx: &mut Ctx<'_>) -> CaseResult {
     let committed = ctx.path("committed");
     ctx.sn.commit(&committed, &preparing, opt()).ctx("commit")?;
     // A view of a one-layer chain, of a two-layer chain, and of no parent.
-    let second = create_snapshot(ctx, &committed, &[create_file("/f", b"x", 0o644)])?;
+    let second = create_snapshot(
+        ctx.sn.as_ref(),
+        &ctx.work,
+        &committed,
+        &[create_file("/f", b"x", 0o644)],
+    )?;
     for (i, parent) in [committed.as_str(), second.as_str(), ""]
         .into_iter()
         .enumerate()
@@ -1016,13 +1030,23 @@ fn stat_in_walk(ctx: &mut Ctx<'_>) -> CaseResult {
 
 /// Records, labels, usage and mounts survive closing and reopening.
 fn close_reopen(ctx: &mut Ctx<'_>) -> CaseResult {
-    let c1 = create_snapshot(ctx, "", &[create_file("/a", b"a\n", 0o644)])?;
-    let c2 = create_snapshot(ctx, &c1, &[create_file("/b", b"b\n", 0o644)])?;
+    let c1 = create_snapshot(
+        ctx.sn.as_ref(),
+        &ctx.work,
+        "",
+        &[create_file("/a", b"a\n", 0o644)],
+    )?;
+    let c2 = create_snapshot(
+        ctx.sn.as_ref(),
+        &ctx.work,
+        &c1,
+        &[create_file("/b", b"b\n", 0o644)],
+    )?;
     let key = ctx.path("active");
     ctx.sn
         .prepare(&key, &c2, labels(&[("x", "y")]))
         .ctx("prepare")?;
-    let gone = create_snapshot(ctx, "", &[])?;
+    let gone = create_snapshot(ctx.sn.as_ref(), &ctx.work, "", &[])?;
     ctx.sn.remove(&gone).ctx("remove")?;
 
     let before = {
@@ -1064,11 +1088,16 @@ fn close_reopen(ctx: &mut Ctx<'_>) -> CaseResult {
             create_file("/b", b"b\n", 0o644),
         ],
     )?;
-    check_snapshot(ctx, &c2, &flat)?;
+    check_snapshot(ctx.sn.as_ref(), &ctx.work, &c2, &flat)?;
     // New snapshots after reopen do not collide with old ones.
-    let c3 = create_snapshot(ctx, &c2, &[create_file("/c", b"c\n", 0o644)])?;
+    let c3 = create_snapshot(
+        ctx.sn.as_ref(),
+        &ctx.work,
+        &c2,
+        &[create_file("/c", b"c\n", 0o644)],
+    )?;
     apply(&flat, &[create_file("/c", b"c\n", 0o644)])?;
-    check_snapshot(ctx, &c3, &flat)
+    check_snapshot(ctx.sn.as_ref(), &ctx.work, &c3, &flat)
 }
 
 /// The root of a new empty snapshot is 0755; a child's root keeps the
@@ -1323,9 +1352,24 @@ fn usage(ctx: &mut Ctx<'_>) -> CaseResult {
 
 /// Cleanup removes nothing that a snapshot owns.
 fn cleanup_keeps_snapshots(ctx: &mut Ctx<'_>) -> CaseResult {
-    let c1 = create_snapshot(ctx, "", &[create_file("/a", b"a\n", 0o644)])?;
-    let c2 = create_snapshot(ctx, &c1, &[create_file("/b", b"b\n", 0o644)])?;
-    let removed = create_snapshot(ctx, &c2, &[create_file("/x", b"x\n", 0o644)])?;
+    let c1 = create_snapshot(
+        ctx.sn.as_ref(),
+        &ctx.work,
+        "",
+        &[create_file("/a", b"a\n", 0o644)],
+    )?;
+    let c2 = create_snapshot(
+        ctx.sn.as_ref(),
+        &ctx.work,
+        &c1,
+        &[create_file("/b", b"b\n", 0o644)],
+    )?;
+    let removed = create_snapshot(
+        ctx.sn.as_ref(),
+        &ctx.work,
+        &c2,
+        &[create_file("/x", b"x\n", 0o644)],
+    )?;
     ctx.sn.remove(&removed).ctx("remove")?;
     let key = ctx.path("active");
     let m = ctx.sn.prepare(&key, &c2, opt()).ctx("prepare")?;
@@ -1339,11 +1383,66 @@ fn cleanup_keeps_snapshots(ctx: &mut Ctx<'_>) -> CaseResult {
             create_file("/b", b"b\n", 0o644),
         ],
     )?;
-    check_snapshot(ctx, &c2, &flat)?;
+    check_snapshot(ctx.sn.as_ref(), &ctx.work, &c2, &flat)?;
     let mp = ctx.work.join("mp");
     mkdir(&mp)?;
     let g = mount(&m, &mp)?;
     let res = apply(&mp, &[create_file("/c", b"c\n", 0o644)]);
     unmount(g)?;
     res.ctx("write to the active snapshot after cleanup")
+}
+
+/// Prepare/commit/view/remove from several threads at once, with cleanups
+/// running alongside: every operation succeeds and every snapshot keeps its
+/// content.
+fn concurrent_operations(ctx: &mut Ctx<'_>) -> CaseResult {
+    let sn: &dyn Snapshotter = ctx.sn.as_ref();
+    let work: &Path = &ctx.work;
+    let base = create_snapshot(sn, work, "", &[create_file("/base", b"base\n", 0o644)])?;
+    let base = base.as_str();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                s.spawn(move || -> CaseResult {
+                    for i in 0..8 {
+                        let file = format!("/t{t}-{i}");
+                        let name =
+                            create_snapshot(sn, work, base, &[create_file(&file, b"x", 0o600)])
+                                .ctx(format!("thread {t} round {i}"))?;
+                        let flat = temp_in(work, "flat")?;
+                        apply(
+                            &flat,
+                            &[
+                                create_file("/base", b"base\n", 0o644),
+                                create_file(&file, b"x", 0o600),
+                            ],
+                        )?;
+                        check_snapshot(sn, work, &name, &flat)
+                            .ctx(format!("thread {t} round {i}"))?;
+                        sn.remove(&name).ctx("remove")?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let cleaner = s.spawn(|| -> CaseResult {
+            for _ in 0..16 {
+                sn.cleanup().ctx("cleanup")?;
+            }
+            Ok(())
+        });
+        for w in workers {
+            w.join().map_err(|_| "worker panicked".to_string())??;
+        }
+        cleaner.join().map_err(|_| "cleaner panicked".to_string())?
+    })?;
+    let left: Vec<String> = walk_all(ctx.sn.as_ref(), &[])?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    ensure!(
+        left == vec![base.to_string()],
+        "left after the run: {left:?}"
+    );
+    Ok(())
 }

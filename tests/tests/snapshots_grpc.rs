@@ -476,7 +476,7 @@ async fn list_streams_in_batches() {
     assert!(batches >= 3, "250 infos came in {batches} message(s)");
     // The stock ctr gets them all too.
     let out = berth_tests::success(
-        &berth_tests::ctr(&d, &["snapshots", "--snapshotter", NATIVE, "ls"]),
+        &berth_tests::ctr(&d, &["-n", "n", "snapshots", "--snapshotter", NATIVE, "ls"]),
         "ctr snapshots ls",
     );
     assert_eq!(out.lines().count(), 251, "{out}");
@@ -623,7 +623,12 @@ async fn gc_removes_unreferenced_chains_leaf_first_and_keeps_roots() {
 
 #[tokio::test]
 async fn remove_schedules_gc_of_the_backend_snapshot() {
-    let d = Daemon::start().await;
+    // berthd's own GC delay (the harness default postpones background collections).
+    let d = Daemon::start_with(Opts {
+        gc_delay_ms: None,
+        ..Opts::default()
+    })
+    .await;
     let mut c = client(&d, "n").await;
     prepare(&mut c, NATIVE, "k", "", root_label())
         .await
@@ -635,8 +640,9 @@ async fn remove_schedules_gc_of_the_backend_snapshot() {
     while !native_dirs(&d).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
-            "backend snapshot still there: {:?}",
-            native_dirs(&d)
+            "backend snapshot still there: {:?}; log:\n{}",
+            native_dirs(&d),
+            d.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -9,13 +9,15 @@
 //!   live only through their lease);
 //! - snapshots whose backend work is pending (in flight, or a crash remnant
 //!   that recovery resolves when the snapshotter is registered);
-//! - (later) images unless expired, containers.
+//! - images, unless labelled `containerd.io/gc.expire` with a time that has
+//!   passed (see `images.rs`); (later) containers.
 //!
 //! Edges (from an object's labels; `<any>` after `.` or `/`):
 //! - `containerd.io/gc.ref.content`, `containerd.io/gc.ref.content.<any>`,
 //!   `containerd.io/gc.ref.content/<any>` -> the content with that digest;
 //! - `containerd.io/gc.ref.snapshot.<snapshotter>[/<any>]` -> that snapshot;
 //! - `containerd.io/gc.ref.image[.<any>|/<any>]` -> that image;
+//! - an image -> its target content (and its labels' references);
 //! - an ingest with an expected digest -> that content;
 //! - a snapshot -> its parent (same namespace and snapshotter).
 //!
@@ -377,6 +379,17 @@ fn scan_roots<R: ReadTxn + ?Sized>(tx: &R, now: SystemTime) -> Result<Vec<Node>>
             })?;
         }
 
+        // Every container (containerd: containers are always roots).
+        schema::scan_children(
+            tx,
+            &crate::containers::containers_prefix(&ns),
+            1,
+            |_, rest, _| {
+                roots.push(node(ResourceKind::Container, &ns, rest[0].clone()));
+                Ok(())
+            },
+        )?;
+
         // Unexpired ingests.
         schema::scan_children(tx, &schema::ingests_prefix(&ns), 1, |k, rest, v| {
             let r: IngestRecord = schema::decode_json(k, v)?;
@@ -394,6 +407,11 @@ fn scan_roots<R: ReadTxn + ?Sized>(tx: &R, now: SystemTime) -> Result<Vec<Node>>
             }
             Ok(())
         })?;
+
+        // Images (unless expired).
+        for name in crate::images::gc_roots(tx, &ns, now)? {
+            roots.push(node(ResourceKind::Image, &ns, name));
+        }
 
         // Snapshots labelled as a root, or with backend work pending.
         schema::scan_children(tx, &schema::snapshots_prefix(&ns), 2, |k, rest, v| {
@@ -472,9 +490,27 @@ fn references<R: ReadTxn + ?Sized>(tx: &R, n: &Node, out: &mut Vec<Node>) -> Res
                 label_refs(&n.ns, &r.labels, out);
             }
         }
-        // Leases' resources are roots already; images and containers get
-        // their edges when their records exist.
-        ResourceKind::Lease | ResourceKind::Image | ResourceKind::Container => {}
+        ResourceKind::Container => {
+            if let Ok(c) = crate::containers::read_in(tx, &n.ns, &n.key) {
+                if !c.snapshotter.is_empty() && !c.snapshot_key.is_empty() {
+                    out.push(node(
+                        ResourceKind::Snapshot,
+                        &n.ns,
+                        format!("{}/{}", c.snapshotter, c.snapshot_key),
+                    ));
+                }
+                label_refs(&n.ns, &c.labels, out);
+            }
+        }
+        // Leases' resources are roots already; images get their edges when
+        // their records exist.
+        ResourceKind::Image => {
+            if let Some((target, labels)) = crate::images::gc_edges(tx, &n.ns, &n.key)? {
+                out.push(node(ResourceKind::Content, &n.ns, target));
+                label_refs(&n.ns, &labels, out);
+            }
+        }
+        ResourceKind::Lease => {}
     }
     Ok(())
 }
@@ -513,6 +549,11 @@ fn scan_all<R: ReadTxn + ?Sized>(tx: &R) -> Result<Vec<Node>> {
             })?;
             all.extend(keys.into_iter().map(|k| node(kind, &ns, k)));
         }
+        all.extend(
+            crate::images::gc_all(tx, &ns)?
+                .into_iter()
+                .map(|k| node(ResourceKind::Image, &ns, k)),
+        );
         let mut snapshots = BTreeSet::new();
         schema::scan_children(tx, &schema::snapshots_prefix(&ns), 2, |_, rest, _| {
             snapshots.insert(format!("{}/{}", rest[0], rest[1]));
@@ -555,7 +596,8 @@ fn remove<W: WriteTxn + ?Sized>(tx: &mut W, n: &Node) -> Result<()> {
                 }
             }
         }
-        ResourceKind::Image | ResourceKind::Container => {}
+        ResourceKind::Image => crate::images::gc_remove(tx, &n.ns, &n.key)?,
+        ResourceKind::Container => {}
     }
     Ok(())
 }

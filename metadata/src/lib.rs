@@ -18,10 +18,12 @@
 //!   of backends) never runs inside a KV write transaction;
 //! - every error has a [`berth_errdefs::ErrorKind`] via [`Error::kind`].
 
+pub mod containers;
 pub mod content;
 mod db;
 pub mod error;
 pub mod gc;
+pub mod images;
 pub mod kv;
 pub mod leases;
 pub mod namespaces;
@@ -33,10 +35,12 @@ pub mod validate;
 /// Labels of an object: key to value, ordered.
 pub type Labels = std::collections::BTreeMap<String, String>;
 
+pub use containers::{AnyValue, Container, ContainerRuntime, Containers};
 pub use content::{Content, ContentInfo, ContentWriter, ContentWriterOpts};
 pub use db::{Db, DbOptions};
 pub use error::{Error, Result};
 pub use gc::{GcStats, Removed, RemovedSnapshot, ResourceKind};
+pub use images::{Descriptor, Image, Images};
 pub use kv::Backend;
 pub use leases::{Lease, Leases, Resource};
 pub use namespaces::{Namespace, Namespaces};

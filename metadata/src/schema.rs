@@ -17,8 +17,11 @@
 //! v1/<ns>/leases/<id>/images/<name>         ""
 //! v1/<ns>/leases/<id>/containers/<id>       ""
 //! v1/<ns>/leases/<id>/snapshots/<snapshotter>/<key>  ""
-//! v1/<ns>/images/<name>                     (reserved: image records)
-//! v1/<ns>/containers/<id>                   (reserved: container records)
+//! v1/<ns>/images/<name>                     {"labels":{..},"target":{"media_type":..,"digest":..,"size":N,"annotations":{..}},
+//!                                            "created_at":T,"updated_at":T}     (see `images.rs`)
+//! v1/<ns>/containers/<id>                   {"labels":{..},"image":..,"runtime":{"name":..,"options":Any|null},"spec":Any,
+//!                                            "snapshotter":..,"snapshot_key":..,"created_at":T,"updated_at":T,
+//!                                            "extensions":{..},"sandbox":..}   (Any = {"type_url":..,"value":"<hex>"}; see `containers.rs`)
 //! v1/<ns>/snapshots/<snapshotter>/<key>     {"bkey":"<backend key>","kind":"active"|"view"|"committed",
 //!                                            "parent":"<key>","created_at":T,"updated_at":T,"labels":{..},
 //!                                            "pending":{..}|absent}

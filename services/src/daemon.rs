@@ -12,11 +12,13 @@ use berth_proto::containerd::services::{
     leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
     snapshots::v1::snapshots_server::SnapshotsServer, version::v1::version_server::VersionServer,
 };
+use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
 use berth_proto::grpc::health::v1::health_server::HealthServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::{Config, KvBackend};
+use crate::containers::ContainersService;
 use crate::content::ContentService;
 use crate::events::{EventsService, Exchange};
 use crate::gc::GcScheduler;
@@ -107,6 +109,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(svc!(
             SnapshotsServer,
             SnapshotsService::new(db.clone(), exchange.clone(), gc.clone())
+        ))
+        .add_service(svc!(
+            ContainersServer,
+            ContainersService::new(db.clone(), exchange.clone(), gc.clone())
         ))
         .add_service(svc!(EventsServer, EventsService::new(exchange.clone())));
 
@@ -232,6 +238,7 @@ fn plugin_records(config: &Config, snapshotters: &[SnapshotterStatus]) -> Vec<Pl
         PluginRecord::new(GRPC, "content").requires(&[METADATA]),
         PluginRecord::new(GRPC, "leases").requires(&[LEASE]),
         PluginRecord::new(GRPC, "snapshots").requires(&[METADATA]),
+        PluginRecord::new(GRPC, "containers").requires(&[METADATA]),
         PluginRecord::new(GRPC, "events").requires(&[EVENT]),
     ]);
     records

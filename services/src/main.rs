@@ -1,6 +1,7 @@
 //! berthd: the Berth daemon. Serves containerd's v1 gRPC API on a unix socket.
 
 mod config;
+mod containers;
 mod content;
 mod daemon;
 mod error;

@@ -120,7 +120,9 @@ pub fn validate_digest(d: &str) -> std::result::Result<(), String> {
 /// valid digest, a positive size and a media type.
 fn validate_image(image: &Image) -> Result<()> {
     if image.name.is_empty() {
-        return Err(Error::InvalidArgument("image name must not be empty".into()));
+        return Err(Error::InvalidArgument(
+            "image name must not be empty".into(),
+        ));
     }
     validate_labels("image.Labels", &image.labels)?;
     validate_target(&image.target)
@@ -136,7 +138,9 @@ fn validate_target(t: &Descriptor) -> Result<()> {
         ));
     }
     if t.media_type.is_empty() {
-        return Err(Error::InvalidArgument("Target.MediaType must be set".into()));
+        return Err(Error::InvalidArgument(
+            "Target.MediaType must be set".into(),
+        ));
     }
     Ok(())
 }
@@ -268,9 +272,7 @@ impl Images<'_> {
                     match path.as_str() {
                         "labels" => next.labels = image.labels.clone(),
                         "target" => next.target = image.target.clone(),
-                        "annotations" => {
-                            next.target.annotations = image.target.annotations.clone()
-                        }
+                        "annotations" => next.target.annotations = image.target.annotations.clone(),
                         _ => {
                             return Err(Error::InvalidArgument(format!(
                                 "cannot update {path:?} field on image {name:?}"
@@ -375,8 +377,10 @@ pub(crate) fn gc_edges<R: ReadTxn + ?Sized>(
     ns: &str,
     name: &str,
 ) -> Result<Option<(String, Labels)>> {
-    Ok(schema::get_json::<ImageRecord, _>(tx, &image_key(ns, name))?
-        .map(|r| (r.target.digest, r.labels)))
+    Ok(
+        schema::get_json::<ImageRecord, _>(tx, &image_key(ns, name))?
+            .map(|r| (r.target.digest, r.labels)),
+    )
 }
 
 /// GC: removes an image record.

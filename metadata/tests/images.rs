@@ -57,10 +57,7 @@ fn create_get_list_delete() {
         assert_eq!(names(&["name==b"]), ["b"]);
         assert_eq!(names(&[&format!("target.mediatype=={INDEX}")]), ["b"]);
         assert_eq!(
-            names(&[&format!(
-                "target.digest=={}",
-                Digest::of_bytes(b"m")
-            )]),
+            names(&[&format!("target.digest=={}", Digest::of_bytes(b"m"))]),
             ["docker.io/library/a:1"]
         );
         assert_eq!(names(&["labels.x==1", "labels.x==2"]).len(), 2);
@@ -165,11 +162,7 @@ fn update_field_masks() {
         // Target as a unit.
         let t = desc(INDEX, &Digest::of_bytes(b"t"), 9);
         let got = images
-            .update(
-                "n",
-                Image::new("a", t.clone()),
-                &["target".to_string()],
-            )
+            .update("n", Image::new("a", t.clone()), &["target".to_string()])
             .unwrap();
         assert_eq!(got.target, t);
         assert_eq!(got.labels, labels(&[("keep", "1"), ("new", "2")]));
@@ -188,14 +181,21 @@ fn update_field_masks() {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
         let e = images
-            .update("n", Image::new("a", Descriptor::default()), &["target".to_string()])
+            .update(
+                "n",
+                Image::new("a", Descriptor::default()),
+                &["target".to_string()],
+            )
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
         let e = images
             .update("n", Image::new("zz", fake_target()), &[])
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);
-        assert_eq!(images.get("n", "a").unwrap().labels, labels(&[("only", "1")]));
+        assert_eq!(
+            images.get("n", "a").unwrap().labels,
+            labels(&[("only", "1")])
+        );
     });
 }
 
@@ -217,7 +217,14 @@ fn namespace_with_images_cannot_be_deleted() {
 /// An index -> manifest -> (config, layer) chain linked by containerd's GC
 /// labels, as an import writes it. Returns (index, manifest, config, layer).
 fn image_chain(env: &common::Env, ns: &str, tag: &str) -> [Digest; 4] {
-    let layer = write_blob(env, ns, &format!("{tag}-l"), tag.as_bytes(), None, Labels::new());
+    let layer = write_blob(
+        env,
+        ns,
+        &format!("{tag}-l"),
+        tag.as_bytes(),
+        None,
+        Labels::new(),
+    );
     let shared = Digest::of_bytes(b"shared layer");
     if env.db.content().info(ns, &shared).is_err() {
         write_blob(env, ns, "shared-l", b"shared layer", None, Labels::new());
@@ -302,8 +309,15 @@ fn expired_images_are_collected_unless_leased() {
 
         env.db.leases().delete("n", "l").unwrap();
         let stats = env.db.garbage_collect().unwrap();
-        let kinds: Vec<_> = stats.removed.iter().map(|r| (r.kind, r.key.clone())).collect();
-        assert!(kinds.contains(&(ResourceKind::Image, "old".to_string())), "{kinds:?}");
+        let kinds: Vec<_> = stats
+            .removed
+            .iter()
+            .map(|r| (r.kind, r.key.clone()))
+            .collect();
+        assert!(
+            kinds.contains(&(ResourceKind::Image, "old".to_string())),
+            "{kinds:?}"
+        );
         assert_eq!(stats.blobs_removed, vec![target]);
         assert_eq!(
             env.db.images().get("n", "old").unwrap_err().kind(),

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
+use berth_proto::containerd::services::images::v1::images_server::ImagesServer;
 use berth_proto::containerd::services::{
     content::v1::content_server::ContentServer, events::v1::events_server::EventsServer,
     introspection::v1::introspection_server::IntrospectionServer,
     leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
     snapshots::v1::snapshots_server::SnapshotsServer, version::v1::version_server::VersionServer,
 };
-use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
 use berth_proto::grpc::health::v1::health_server::HealthServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -23,6 +24,7 @@ use crate::content::ContentService;
 use crate::events::{EventsService, Exchange};
 use crate::gc::GcScheduler;
 use crate::health::HealthService;
+use crate::images::ImagesService;
 use crate::introspection::{load_or_create_uuid, IntrospectionService, PluginRecord};
 use crate::leases::LeasesService;
 use crate::namespaces::NamespacesService;
@@ -113,6 +115,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(svc!(
             ContainersServer,
             ContainersService::new(db.clone(), exchange.clone(), gc.clone())
+        ))
+        .add_service(svc!(
+            ImagesServer,
+            ImagesService::new(db.clone(), exchange.clone(), gc.clone())
         ))
         .add_service(svc!(EventsServer, EventsService::new(exchange.clone())));
 
@@ -239,6 +245,7 @@ fn plugin_records(config: &Config, snapshotters: &[SnapshotterStatus]) -> Vec<Pl
         PluginRecord::new(GRPC, "leases").requires(&[LEASE]),
         PluginRecord::new(GRPC, "snapshots").requires(&[METADATA]),
         PluginRecord::new(GRPC, "containers").requires(&[METADATA]),
+        PluginRecord::new(GRPC, "images").requires(&[METADATA, GC]),
         PluginRecord::new(GRPC, "events").requires(&[EVENT]),
     ]);
     records

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod gc;
 mod health;
+mod images;
 mod introspection;
 mod leases;
 mod namespace;

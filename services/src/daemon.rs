@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
 use berth_proto::containerd::services::images::v1::images_server::ImagesServer;
+use berth_proto::containerd::services::tasks::v1::tasks_server::TasksServer;
 use berth_proto::containerd::services::{
     content::v1::content_server::ContentServer, events::v1::events_server::EventsServer,
     introspection::v1::introspection_server::IntrospectionServer,
@@ -29,7 +30,9 @@ use crate::introspection::{load_or_create_uuid, IntrospectionService, PluginReco
 use crate::leases::LeasesService;
 use crate::namespaces::NamespacesService;
 use crate::oversize::OversizeLayer;
+use crate::runtime::{RuntimeManager, ShimEvents};
 use crate::snapshots::SnapshotsService;
+use crate::tasks::TasksService;
 use crate::version::VersionService;
 
 /// How long in-flight calls (and open event streams) get after SIGTERM.
@@ -76,6 +79,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Leftovers of a crash (orphan blobs, stale ingests) go at start-up.
     gc.schedule();
 
+    // Shims publish their events to `<address>.ttrpc`, as containerd's do.
+    let ttrpc_address = PathBuf::from(format!("{}.ttrpc", config.grpc.address.display()));
+    let ttrpc_listener = bind_socket(&ttrpc_address, config.grpc.uid, config.grpc.gid)?;
+    let ttrpc_server = berth_shim::ttrpc::Server::new().register(ShimEvents::new(exchange.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = ttrpc_server.serve(ttrpc_listener).await {
+            tracing::error!(error = %e, "ttrpc event endpoint failed");
+        }
+    });
+    let runtime = Arc::new(RuntimeManager::new(
+        &config.state,
+        &config.grpc.address,
+        &ttrpc_address,
+        exchange.clone(),
+    ));
+    // Tasks that outlived the previous daemon: reconnect or clean up, before
+    // clients can ask about them.
+    runtime.restore().await;
+
     let plugins = plugin_records(&config, &snapshotters);
     let max_recv = config.grpc.max_recv_message_size;
     let max_send = config.grpc.max_send_message_size;
@@ -120,6 +142,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ImagesServer,
             ImagesService::new(db.clone(), exchange.clone(), gc.clone())
         ))
+        .add_service(svc!(
+            TasksServer,
+            TasksService::new(db.clone(), runtime.clone())
+        ))
         .add_service(svc!(EventsServer, EventsService::new(exchange.clone())));
 
     let listener = bind_socket(&config.grpc.address, config.grpc.uid, config.grpc.gid)?;
@@ -144,6 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("calls still open after grace period; closing them"),
     }
     let _ = std::fs::remove_file(&config.grpc.address);
+    let _ = std::fs::remove_file(&ttrpc_address);
     tracing::info!("stopped");
     Ok(())
 }
@@ -246,6 +273,8 @@ fn plugin_records(config: &Config, snapshotters: &[SnapshotterStatus]) -> Vec<Pl
         PluginRecord::new(GRPC, "snapshots").requires(&[METADATA]),
         PluginRecord::new(GRPC, "containers").requires(&[METADATA]),
         PluginRecord::new(GRPC, "images").requires(&[METADATA, GC]),
+        PluginRecord::new("io.containerd.runtime.v2", "task").requires(&[EVENT, METADATA]),
+        PluginRecord::new(GRPC, "tasks").requires(&["io.containerd.runtime.v2", METADATA]),
         PluginRecord::new(GRPC, "events").requires(&[EVENT]),
     ]);
     records

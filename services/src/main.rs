@@ -14,7 +14,9 @@ mod leases;
 mod namespace;
 mod namespaces;
 mod oversize;
+mod runtime;
 mod snapshots;
+mod tasks;
 mod version;
 
 use std::path::PathBuf;

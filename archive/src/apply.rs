@@ -227,9 +227,8 @@ impl Applier<'_> {
                 return Err(Error::invalid(
                     name,
                     format!(
-                        "unsupported entry type {:?} (type flag {:?})",
-                        other,
-                        other.as_byte() as char
+                        "unsupported entry type '{}'",
+                        other.as_byte().escape_ascii()
                     ),
                 ))
             }

@@ -106,6 +106,12 @@ impl LayerBuilder {
         self.tw.get_mut().clone()
     }
 
+    /// Raw bytes (whole 512-byte blocks) appended to the archive.
+    fn raw(mut self, bytes: &[u8]) -> LayerBuilder {
+        self.tw.get_mut().extend_from_slice(bytes);
+        self
+    }
+
     /// The archive so far plus raw bytes, without an end marker.
     pub fn raw_tail(mut self, bytes: &[u8]) -> Vec<u8> {
         self.tw.get_mut().extend_from_slice(bytes);
@@ -343,10 +349,24 @@ pub fn hostile_layers() -> Vec<HostileLayer> {
             "gnu-sparse",
             "a GNU sparse file",
             "sparse-file",
-            b().entry(TarEntry::other("sparse-file", b'S'), b"")
-                .finish(),
+            b().raw(&gnu_sparse_header("sparse-file")).finish(),
         ),
     ]
+}
+
+/// A GNU-format header of type 'S' (sparse) with no data.
+fn gnu_sparse_header(name: &str) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    if let Some(gnu) = h.as_gnu_mut() {
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        gnu.realsize.copy_from_slice(b"00000000000\0");
+    }
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    h.as_bytes().to_vec()
 }
 
 /// 200 bytes of a valid-looking header: the archive ends inside it.

@@ -1,0 +1,300 @@
+//! Tasks through the stock `ctr` and the stock `containerd-shim-runc-v2`
+//! (real runc): run, exit codes, exec, ps, pause/resume, kill, delete, what
+//! the container sees, and survival of a daemon SIGKILL.
+//!
+//! Containers use `ctr run --rootfs DIR` (a busybox tree), so these tests need
+//! no image service.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_tests::{ctr, failure, random_id, success, Daemon};
+
+const SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
+
+/// A busybox root filesystem in `dir/rootfs`.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "run"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("copy /bin/busybox (install busybox-static)");
+    for applet in [
+        "sh", "echo", "sleep", "true", "cat", "ls", "ps", "hostname", "grep", "wc",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    root
+}
+
+struct Fixture {
+    d: Daemon,
+    ns: String,
+    _dir: tempfile::TempDir,
+    rootfs: PathBuf,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        assert!(
+            Path::new(SHIM).exists(),
+            "stock shim missing: install containerd"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = busybox_rootfs(dir.path());
+        Fixture {
+            d: Daemon::start().await,
+            ns: format!("t{}", random_id()),
+            _dir: dir,
+            rootfs,
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["-n", &self.ns];
+        all.extend_from_slice(args);
+        ctr(&self.d, &all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        success(&self.ctr(args), &format!("ctr {args:?}"))
+    }
+
+    fn rootfs(&self) -> &str {
+        self.rootfs.to_str().expect("utf-8 path")
+    }
+
+    /// `ctr run -d --rootfs ... id sleep 300`.
+    fn run_detached(&self, id: &str) {
+        let root = self.rootfs().to_string();
+        self.ok(&["run", "-d", "--rootfs", &root, id, "/bin/sleep", "300"]);
+    }
+
+    /// Polls `ctr tasks ls` until the task has `status`.
+    async fn wait_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ls = self.ok(&["tasks", "ls"]);
+            if ls
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "task {id} never {status}:\n{ls}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills and removes every task and container (shims outlive berthd).
+    fn cleanup(&self, id: &str) {
+        let _ = self.ctr(&["tasks", "kill", "-s", "KILL", id]);
+        let _ = self.ctr(&["tasks", "rm", "-f", id]);
+        let _ = self.ctr(&["containers", "rm", id]);
+    }
+}
+
+#[tokio::test]
+async fn run_rm_prints_and_propagates_exit_codes() {
+    let f = Fixture::new().await;
+    let root = f.rootfs().to_string();
+    let out = f.ok(&[
+        "run",
+        "--rm",
+        "--rootfs",
+        &root,
+        "hello",
+        "/bin/echo",
+        "hello",
+    ]);
+    assert_eq!(out.trim(), "hello");
+
+    let out = f.ctr(&[
+        "run", "--rm", "--rootfs", &root, "exit7", "/bin/sh", "-c", "exit 7",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "exit code must propagate: {out:?}"
+    );
+
+    // --rm left nothing behind: no container, no task, no bundle.
+    assert!(!f.ok(&["containers", "ls", "-q"]).contains("hello"));
+    let bundles =
+        f.d.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(&f.ns);
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+}
+
+#[tokio::test]
+async fn container_sees_its_own_world() {
+    let f = Fixture::new().await;
+    let root = f.rootfs().to_string();
+    let out = f.ok(&[
+        "run",
+        "--rm",
+        "--rootfs",
+        &root,
+        "world",
+        "/bin/sh",
+        "-c",
+        "echo pid=$$; ls /proc | grep -c '^[0-9]'",
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("pid=1"), "the command is PID 1: {out}");
+    // sh, ls and grep: only the container's own processes are visible.
+    let visible: u32 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("process count in {out:?}"));
+    assert!(visible <= 4, "{visible} processes visible in /proc");
+}
+
+#[tokio::test]
+async fn memory_limit_lands_in_the_cgroup() {
+    let f = Fixture::new().await;
+    let root = f.rootfs().to_string();
+    let id = format!("mem{}", random_id());
+    f.ok(&[
+        "run",
+        "-d",
+        "--memory-limit",
+        "67108864",
+        "--rootfs",
+        &root,
+        &id,
+        "/bin/sleep",
+        "300",
+    ]);
+    f.wait_status(&id, "RUNNING").await;
+    // ctr's default cgroups path is /<namespace>/<id>.
+    let limit = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+        .iter()
+        .map(|base| Path::new(base).join(&f.ns).join(&id))
+        .find_map(|dir| {
+            std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
+                .or_else(|_| std::fs::read_to_string(dir.join("memory.max")))
+                .ok()
+        });
+    f.cleanup(&id);
+    assert_eq!(limit.as_deref().map(str::trim), Some("67108864"));
+}
+
+#[tokio::test]
+async fn detached_task_lifecycle() {
+    let f = Fixture::new().await;
+    let id = format!("life{}", random_id());
+    f.run_detached(&id);
+    f.wait_status(&id, "RUNNING").await;
+
+    let out = f.ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "/bin/echo",
+        "from-exec",
+    ]);
+    assert_eq!(out.trim(), "from-exec");
+    let ps = f.ok(&["tasks", "ps", &id]);
+    assert!(ps.lines().count() >= 2, "ps lists the init process:\n{ps}");
+
+    f.ok(&["tasks", "pause", &id]);
+    f.wait_status(&id, "PAUSED").await;
+    f.ok(&["tasks", "resume", &id]);
+    f.wait_status(&id, "RUNNING").await;
+
+    // A running task cannot be deleted.
+    let err = failure(&f.ctr(&["tasks", "rm", &id]), "rm of a running task");
+    assert!(err.contains("running") || err.contains("stopped"), "{err}");
+
+    f.ok(&["tasks", "kill", "-s", "KILL", &id]);
+    f.wait_status(&id, "STOPPED").await;
+    f.ok(&["tasks", "rm", &id]);
+    f.ok(&["containers", "rm", &id]);
+    assert!(!f.ok(&["tasks", "ls"]).contains(&id));
+    assert!(!f.ok(&["containers", "ls", "-q"]).contains(&id));
+}
+
+#[tokio::test]
+async fn tasks_survive_daemon_sigkill() {
+    let mut f = Fixture::new().await;
+    let id = format!("surv{}", random_id());
+    f.run_detached(&id);
+    f.wait_status(&id, "RUNNING").await;
+    let short = format!("short{}", random_id());
+    let root = f.rootfs().to_string();
+    f.ok(&[
+        "run",
+        "-d",
+        "--rootfs",
+        &root,
+        &short,
+        "/bin/sh",
+        "-c",
+        "sleep 1; exit 3",
+    ]);
+
+    f.d.kill9();
+    // The short task exits while the daemon is down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.d.restart().await;
+
+    f.wait_status(&id, "RUNNING").await;
+    let out = f.ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e2",
+        &id,
+        "/bin/echo",
+        "still-here",
+    ]);
+    assert_eq!(out.trim(), "still-here");
+
+    // The exit that happened while berthd was down is still reported.
+    f.wait_status(&short, "STOPPED").await;
+    let rm = f.ctr(&["tasks", "rm", &short]);
+    assert!(rm.status.success(), "{rm:?}");
+    f.ok(&["containers", "rm", &short]);
+
+    f.cleanup(&id);
+}
+
+#[tokio::test]
+async fn bad_task_requests_fail_cleanly() {
+    let f = Fixture::new().await;
+    let err = failure(
+        &f.ctr(&["tasks", "start", "nosuch"]),
+        "start of unknown task",
+    );
+    assert!(err.contains("not found"), "{err}");
+    let err = failure(
+        &f.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.nosuch.v9",
+            "--rootfs",
+            f.rootfs(),
+            "badrt",
+            "/bin/true",
+        ]),
+        "run with an unknown runtime",
+    );
+    assert!(err.contains("containerd-shim-nosuch-v9"), "{err}");
+    let bundles =
+        f.d.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(&f.ns);
+    assert!(
+        std::fs::read_dir(&bundles).map(|d| d.count()).unwrap_or(0) == 0,
+        "a failed create leaves no bundle"
+    );
+}

@@ -774,3 +774,56 @@ async fn introspection_lists_the_snapshotters() {
         .plugins;
     assert_eq!(grpc.len(), 1);
 }
+
+#[tokio::test]
+async fn a_backend_that_cannot_start_is_reported_and_the_daemon_serves_the_rest() {
+    let mut d = Daemon::start().await;
+    d.stop().await;
+    // Make overlayfs's root unusable: a file where its directory should be.
+    let root = d.root().join("io.containerd.snapshotter.v1.overlayfs");
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::write(&root, "not a directory").unwrap();
+    d.restart().await;
+
+    let plugins = d
+        .introspection()
+        .await
+        .plugins(PluginsRequest {
+            filters: vec!["type==io.containerd.snapshotter.v1".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    let overlay = plugins
+        .iter()
+        .find(|p| p.id == OVERLAY)
+        .expect("overlayfs listed");
+    let err = overlay
+        .init_err
+        .as_ref()
+        .expect("overlayfs has an init error");
+    assert!(!err.message.is_empty());
+    let native = plugins
+        .iter()
+        .find(|p| p.id == NATIVE)
+        .expect("native listed");
+    assert!(native.init_err.is_none(), "{:?}", native.init_err);
+
+    let mut c = client(&d, "n").await;
+    expect_code(
+        prepare(&mut c, OVERLAY, "k", "", root_label()).await,
+        Code::InvalidArgument,
+        &["overlayfs"],
+    );
+    prepare(&mut c, NATIVE, "k", "", root_label())
+        .await
+        .unwrap();
+    // The stock ctr shows it as failed.
+    let out = berth_tests::success(&berth_tests::ctr(&d, &["plugins", "ls"]), "ctr plugins ls");
+    let row = out
+        .lines()
+        .find(|l| l.contains("io.containerd.snapshotter.v1") && l.contains(OVERLAY))
+        .unwrap_or_else(|| panic!("no overlayfs row:\n{out}"));
+    assert!(row.trim_end().ends_with("error"), "{row}");
+}

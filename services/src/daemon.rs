@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berth_proto::containerd::services::containers::v1::containers_server::ContainersServer;
+use berth_proto::containerd::services::diff::v1::diff_server::DiffServer;
 use berth_proto::containerd::services::images::v1::images_server::ImagesServer;
 use berth_proto::containerd::services::tasks::v1::tasks_server::TasksServer;
 use berth_proto::containerd::services::{
@@ -22,6 +23,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::{Config, KvBackend};
 use crate::containers::ContainersService;
 use crate::content::ContentService;
+use crate::diff::DiffService;
 use crate::events::{EventsService, Exchange};
 use crate::gc::GcScheduler;
 use crate::health::HealthService;
@@ -143,6 +145,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ImagesService::new(db.clone(), exchange.clone(), gc.clone())
         ))
         .add_service(svc!(
+            DiffServer,
+            DiffService::new(db.clone(), config.state.join("tmpmounts"))
+        ))
+        .add_service(svc!(
             TasksServer,
             TasksService::new(db.clone(), runtime.clone())
         ))
@@ -237,6 +243,7 @@ fn plugin_records(config: &Config, snapshotters: &[SnapshotterStatus]) -> Vec<Pl
     const EVENT: &str = "io.containerd.event.v1";
     const GC: &str = "io.containerd.gc.v1";
     const LEASE: &str = "io.containerd.lease.v1";
+    const DIFFER: &str = "io.containerd.differ.v1";
     let kv = match config.metadata.backend {
         KvBackend::Redb => "redb",
         KvBackend::Sled => "sled",
@@ -273,6 +280,8 @@ fn plugin_records(config: &Config, snapshotters: &[SnapshotterStatus]) -> Vec<Pl
         PluginRecord::new(GRPC, "snapshots").requires(&[METADATA]),
         PluginRecord::new(GRPC, "containers").requires(&[METADATA]),
         PluginRecord::new(GRPC, "images").requires(&[METADATA, GC]),
+        PluginRecord::new(DIFFER, "walking").requires(&[METADATA]),
+        PluginRecord::new(GRPC, "diff").requires(&[DIFFER]),
         PluginRecord::new("io.containerd.runtime.v2", "task").requires(&[EVENT, METADATA]),
         PluginRecord::new(GRPC, "tasks").requires(&["io.containerd.runtime.v2", METADATA]),
         PluginRecord::new(GRPC, "events").requires(&[EVENT]),

@@ -4,6 +4,7 @@ mod config;
 mod containers;
 mod content;
 mod daemon;
+mod diff;
 mod error;
 mod events;
 mod gc;

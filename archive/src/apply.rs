@@ -50,6 +50,11 @@ pub struct ApplyOptions {
     pub whiteouts: WhiteoutMode,
     /// How parents that go through existing symlinks are resolved.
     pub resolve: Resolve,
+    /// Lower directories, topmost first (overlay `lowerdir`s): a parent
+    /// directory missing under the root but present in one of them is
+    /// created with that directory's mode, owner, times and xattrs (not
+    /// `trusted.*`), as containerd's `WithParents` does, instead of 0755 root.
+    pub parents: Vec<PathBuf>,
 }
 
 impl ApplyOptions {
@@ -326,26 +331,38 @@ impl Applier<'_> {
             match self.resolve(&prefix) {
                 Ok(fd) => cur = fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    match nix::sys::stat::mkdirat(
+                    let created = match nix::sys::stat::mkdirat(
                         cur.as_fd(),
                         comp,
                         Mode::from_bits_truncate(0o755),
                     ) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Ok(()) => true,
+                        Err(Errno::EEXIST) => false,
                         Err(e) => {
                             return Err(Error::entry_io(
                                 name,
-                                format!("create parent directory {:?}", prefix),
+                                format!("create parent directory {prefix:?}"),
                                 e.into(),
                             ))
                         }
+                    };
+                    if created {
+                        // mkdirat applied the umask: set the mode exactly.
+                        let _ = nix::sys::stat::fchmodat(
+                            cur.as_fd(),
+                            comp,
+                            Mode::from_bits_truncate(0o755),
+                            FchmodatFlags::FollowSymlink,
+                        );
+                        self.copy_parent_info(cur.as_fd(), comp, &prefix)
+                            .map_err(|e| {
+                                Error::entry_io(
+                                    name,
+                                    format!("copy attributes of parent {prefix:?} from a lower"),
+                                    e,
+                                )
+                            })?;
                     }
-                    let _ = nix::sys::stat::fchmodat(
-                        cur.as_fd(),
-                        comp,
-                        Mode::from_bits_truncate(0o755),
-                        FchmodatFlags::FollowSymlink,
-                    );
                     cur = self
                         .resolve(&prefix)
                         .map_err(|e| resolve_error(name, &prefix, e))?;
@@ -354,6 +371,46 @@ impl Applier<'_> {
             }
         }
         Ok(cur)
+    }
+
+    /// Gives the directory `name` in `dir` (just created as `rel`) the
+    /// attributes of the first lower directory that has `rel` as a directory.
+    fn copy_parent_info(&self, dir: BorrowedFd<'_>, name: &OsStr, rel: &Path) -> io::Result<()> {
+        for lower in &self.opts.parents {
+            let lower_fd = sys::open_dir_path(lower)?;
+            let found = match sys::resolve_dir(lower_fd.as_fd(), rel, self.opts.resolve) {
+                Ok(fd) => fd,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT)) => continue,
+                // Not a directory there: it was replaced, keep the defaults.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let st = nix::sys::stat::fstat(found.as_fd())?;
+            let created = sys::open_child_dir(dir, name)?;
+            nix::unistd::fchown(
+                created.as_fd(),
+                Some(Uid::from_raw(st.st_uid)),
+                Some(Gid::from_raw(st.st_gid)),
+            )?;
+            nix::sys::stat::fchmod(
+                created.as_fd(),
+                Mode::from_bits_truncate(st.st_mode & 0o7777),
+            )?;
+            let src = sys::proc_path(found.as_fd(), OsStr::new(""));
+            for key in sys::llistxattr(&src)? {
+                if key.starts_with("trusted.") {
+                    continue;
+                }
+                if let Some(value) = sys::lgetxattr(&src, &key)? {
+                    sys::fsetxattr(created.as_fd(), &key, &value)?;
+                }
+            }
+            let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
+            let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+            nix::sys::stat::futimens(created.as_fd(), &atime, &mtime)?;
+            return Ok(());
+        }
+        Ok(())
     }
 
     /// Removes what is at `base` unless both it and the new entry are

@@ -103,7 +103,7 @@ type Peeked<R> = BufReader<Chain<Cursor<Vec<u8>>, R>>;
 
 enum Inner<R: Read> {
     Plain(Peeked<R>),
-    Gzip(flate2::bufread::MultiGzDecoder<Peeked<R>>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<Peeked<R>>>),
     Zstd(zstd::stream::read::Decoder<'static, Peeked<R>>),
 }
 
@@ -125,7 +125,7 @@ impl<R: Read> DecompressReader<R> {
         let input = BufReader::with_capacity(BUF, Cursor::new(head).chain(reader));
         let inner = match compression {
             Compression::Uncompressed => Inner::Plain(input),
-            Compression::Gzip => Inner::Gzip(flate2::bufread::MultiGzDecoder::new(input)),
+            Compression::Gzip => Inner::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(input))),
             Compression::Zstd => Inner::Zstd(zstd::stream::read::Decoder::with_buffer(input)?),
         };
         Ok(DecompressReader { inner, compression })
@@ -140,7 +140,7 @@ impl<R: Read> DecompressReader<R> {
     pub fn into_inner(self) -> R {
         let peeked = match self.inner {
             Inner::Plain(r) => r,
-            Inner::Gzip(r) => r.into_inner(),
+            Inner::Gzip(r) => (*r).into_inner(),
             Inner::Zstd(r) => r.finish(),
         };
         peeked.into_inner().into_inner().1

@@ -98,6 +98,7 @@ fn corpus_is_rejected_and_contained() {
             let opts = ApplyOptions {
                 whiteouts: mode,
                 resolve: Resolve::Beneath,
+                ..Default::default()
             };
             let res = apply_layer(&layer.bytes[..], &sb.root, &opts);
             let err = match res {
@@ -147,6 +148,7 @@ fn corpus_in_root_resolution_stays_inside() {
             let opts = ApplyOptions {
                 whiteouts: mode,
                 resolve: Resolve::InRoot,
+                ..Default::default()
             };
             if let Err(e) = apply_layer(&layer.bytes[..], &sb.root, &opts) {
                 assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{}: {e}", layer.name);
@@ -174,6 +176,7 @@ fn corpus_in_root_resolution_stays_inside() {
     let opts = ApplyOptions {
         whiteouts: WhiteoutMode::Remove,
         resolve: Resolve::InRoot,
+        ..Default::default()
     };
     apply_layer(&layer[..], &sb.root, &opts).unwrap();
     assert_eq!(fs::read(sb.root.join("etc/berth-escape")).unwrap(), b"in");

@@ -177,3 +177,51 @@ fn keep_mode_keeps_whiteout_files() {
     apply(&layer, &native, WhiteoutMode::Remove);
     check_merged(&native);
 }
+
+#[test]
+fn overlay_upper_parents_copy_lower_attributes() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = mkdir(tmp.path(), "lower");
+    let layer = LayerBuilder::new()
+        .entry(
+            berth_archive::writer::TarEntry::dir("p/")
+                .mode(0o750)
+                .owner(5, 6)
+                .mtime(1_500_000_000)
+                .xattr("user.x", b"lower"),
+            b"",
+        )
+        .file("p/old", b"old")
+        .finish();
+    apply(&layer, &lower, WhiteoutMode::Overlay);
+    // A layer without the parent's entry, as some tools write them.
+    let upper_layer = LayerBuilder::new()
+        .file("p/child", b"c")
+        .whiteout("p/old")
+        .finish();
+
+    let upper = mkdir(tmp.path(), "upper");
+    let opts = berth_archive::ApplyOptions {
+        whiteouts: WhiteoutMode::Overlay,
+        parents: vec![lower.clone()],
+        ..Default::default()
+    };
+    berth_archive::apply_layer(&upper_layer[..], &upper, &opts).unwrap();
+    let st = fs::symlink_metadata(upper.join("p")).unwrap();
+    assert_eq!((st.mode() & 0o7777, st.uid(), st.gid()), (0o750, 5, 6));
+    assert_eq!(
+        xattr(&upper.join("p"), "user.x").as_deref(),
+        Some(&b"lower"[..])
+    );
+    assert!(is_whiteout_device(&upper.join("p/old")));
+
+    // Without parents the directory gets containerd's default, 0755 root.
+    let plain = mkdir(tmp.path(), "plain");
+    apply(&upper_layer, &plain, WhiteoutMode::Overlay);
+    let st = fs::symlink_metadata(plain.join("p")).unwrap();
+    assert_eq!((st.mode() & 0o7777, st.uid()), (0o755, 0));
+}

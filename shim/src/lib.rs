@@ -11,13 +11,13 @@
 //! single-threaded; events leave in the order they were published; exits of init processes
 //! are recorded in the bundle (`exit-status.json`) before they are published.
 
+pub mod metrics;
 pub mod ttrpc;
 
 mod args;
 mod delete;
 mod error;
 mod events;
-mod metrics;
 mod mount;
 mod reaper;
 mod runtime;

@@ -166,6 +166,188 @@ fn bundle(dir: &Path, id: &str, args: &[&str]) -> (PathBuf, Vec<Mount>) {
     (bundle, mounts)
 }
 
+/// Runs `start` for `id` in `bundle`; returns the shim's address.
+fn start_shim(dir: &Path, bundle: &Path, id: &str, events_sock: &Path) -> String {
+    let daemon_address = dir.join("daemon.sock").display().to_string();
+    let out = run_with_deadline(
+        Command::new(shim_binary())
+            .args(["-namespace", NS, "-address", &daemon_address])
+            .args(["-publish-binary", "/bin/true", "-id", id, "start"])
+            .current_dir(bundle)
+            .env("TTRPC_ADDRESS", events_sock),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Serves a fake daemon's events endpoint at `<dir>/events.sock`.
+fn fake_daemon(dir: &Path) -> (Arc<Events>, PathBuf) {
+    let events = Arc::new(Events::default());
+    let events_sock = dir.join("events.sock");
+    let listener = tokio::net::UnixListener::bind(&events_sock).unwrap();
+    let server = Server::new().register(events.clone());
+    tokio::spawn(async move { server.serve(listener).await });
+    (events, events_sock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_stdin_and_close_io() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut guard = Guard {
+        dir: dir.clone(),
+        shim_pid: None,
+        containers: vec!["p1".into(), "s1".into()],
+    };
+    let (_events, events_sock) = fake_daemon(&dir);
+
+    // p1: a terminal; the size set by ResizePty shows inside, stdin reaches the process.
+    let (b1, rootfs1) = bundle(
+        &dir,
+        "p1",
+        &["sh", "-c", "read line; echo got:$line; stty size"],
+    );
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b1.join("config.json")).unwrap()).unwrap();
+    cfg["process"]["terminal"] = true.into();
+    std::fs::write(b1.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let address = start_shim(&dir, &b1, "p1", &events_sock);
+    let task = TaskClient::connect(&address).await.unwrap();
+    guard.shim_pid = Some(
+        task.connect_shim(&api::ConnectRequest { id: "p1".into() })
+            .await
+            .unwrap()
+            .shim_pid as i32,
+    );
+    let (stdin, stdout) = (dir.join("p1.stdin"), dir.join("p1.stdout"));
+    mkfifo(&stdin);
+    mkfifo(&stdout);
+    let out = collect_fifo(&stdout);
+    task.create(&api::CreateTaskRequest {
+        id: "p1".into(),
+        bundle: b1.display().to_string(),
+        rootfs: rootfs1,
+        terminal: true,
+        stdin: stdin.display().to_string(),
+        stdout: stdout.display().to_string(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut input = tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(&stdin)
+        .unwrap();
+    task.start(&api::StartRequest {
+        id: "p1".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    task.resize_pty(&api::ResizePtyRequest {
+        id: "p1".into(),
+        exec_id: String::new(),
+        width: 101,
+        height: 42,
+    })
+    .await
+    .unwrap();
+    use tokio::io::AsyncWriteExt;
+    input.write_all(b"abc\n").await.unwrap();
+    let w = tokio::time::timeout(
+        WAIT,
+        task.wait(&api::WaitRequest {
+            id: "p1".into(),
+            exec_id: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(w.exit_status, 0);
+    task.delete(&api::DeleteRequest {
+        id: "p1".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let text = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    assert!(text.contains("got:abc"), "{text:?}");
+    assert!(text.contains("42 101"), "{text:?}");
+
+    // s1 (same shim): `cat` gets EOF from CloseIO although the client keeps stdin open, and
+    // what was written before is passed on first.
+    let (b2, rootfs2) = bundle(&dir, "s1", &["cat"]);
+    let (stdin, stdout) = (dir.join("s1.stdin"), dir.join("s1.stdout"));
+    mkfifo(&stdin);
+    mkfifo(&stdout);
+    let out = collect_fifo(&stdout);
+    task.create(&api::CreateTaskRequest {
+        id: "s1".into(),
+        bundle: b2.display().to_string(),
+        rootfs: rootfs2,
+        stdin: stdin.display().to_string(),
+        stdout: stdout.display().to_string(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut input = tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(&stdin)
+        .unwrap();
+    task.start(&api::StartRequest {
+        id: "s1".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    input.write_all(b"line one\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.close_io(&api::CloseIoRequest {
+        id: "s1".into(),
+        exec_id: String::new(),
+        stdin: true,
+    })
+    .await
+    .unwrap();
+    let w = tokio::time::timeout(
+        WAIT,
+        task.wait(&api::WaitRequest {
+            id: "s1".into(),
+            exec_id: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(w.exit_status, 0);
+    task.delete(&api::DeleteRequest {
+        id: "s1".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, out).await.unwrap().unwrap(),
+        "line one\n"
+    );
+    drop(input);
+    let _ = task
+        .shutdown(&api::ShutdownRequest {
+            id: "s1".into(),
+            now: false,
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_lifecycle_over_ttrpc() {
     if let Some(why) = missing_prerequisite() {
@@ -181,11 +363,7 @@ async fn task_lifecycle_over_ttrpc() {
     };
 
     // The fake daemon's ttrpc events endpoint.
-    let events = Arc::new(Events::default());
-    let events_sock = dir.join("events.sock");
-    let listener = tokio::net::UnixListener::bind(&events_sock).unwrap();
-    let server = Server::new().register(events.clone());
-    tokio::spawn(async move { server.serve(listener).await });
+    let (events, events_sock) = fake_daemon(&dir);
 
     let (b1, rootfs1) = bundle(&dir, "c1", &["sh", "-c", "echo hello; exec sleep 1000"]);
 

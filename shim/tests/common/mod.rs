@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "true", "false", "cat", "ls", "ps", "hostname", "id", "env", "kill",
-    "wc", "head", "mkdir", "rm", "touch", "stat", "uname",
+    "wc", "head", "mkdir", "rm", "touch", "stat", "uname", "stty", "tty",
 ];
 
 /// Why these tests cannot run here, if they cannot.

@@ -1,6 +1,7 @@
-//! Tasks through the stock `ctr` and the stock `containerd-shim-runc-v2`
-//! (real runc): run, exit codes, exec, ps, pause/resume, kill, delete, what
-//! the container sees, and survival of a daemon SIGKILL.
+//! Tasks through the stock `ctr`, once with the stock `containerd-shim-runc-v2`
+//! and once with Berth's `containerd-shim-berth-v2` (both over real runc):
+//! run, exit codes, exec, ps, pause/resume, kill, delete, what the container
+//! sees, and survival of a daemon SIGKILL.
 //!
 //! Containers use `ctr run --rootfs DIR` (a busybox tree), so these tests need
 //! no image service.
@@ -28,15 +29,19 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+const RUNC_V2: &str = "io.containerd.runc.v2";
+const BERTH_V2: &str = "io.containerd.berth.v2";
+
 struct Fixture {
     d: Daemon,
     ns: String,
+    runtime: &'static str,
     _dir: tempfile::TempDir,
     rootfs: PathBuf,
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
+    async fn new(runtime: &'static str) -> Fixture {
         assert!(
             Path::new(SHIM).exists(),
             "stock shim missing: install containerd"
@@ -46,14 +51,22 @@ impl Fixture {
         Fixture {
             d: Daemon::start().await,
             ns: format!("t{}", random_id()),
+            runtime,
             _dir: dir,
             rootfs,
         }
     }
 
+    /// `ctr -n NS ARGS`; `run` gets `--runtime` for this fixture's runtime.
     fn ctr(&self, args: &[&str]) -> std::process::Output {
         let mut all = vec!["-n", &self.ns];
-        all.extend_from_slice(args);
+        match args.split_first() {
+            Some((&"run", rest)) => {
+                all.extend_from_slice(&["run", "--runtime", self.runtime]);
+                all.extend_from_slice(rest);
+            }
+            _ => all.extend_from_slice(args),
+        }
         ctr(&self.d, &all)
     }
 
@@ -95,9 +108,8 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
-async fn run_rm_prints_and_propagates_exit_codes() {
-    let f = Fixture::new().await;
+async fn run_rm_prints_and_propagates_exit_codes(runtime: &'static str) {
+    let f = Fixture::new(runtime).await;
     let root = f.rootfs().to_string();
     let out = f.ok(&[
         "run",
@@ -131,9 +143,8 @@ async fn run_rm_prints_and_propagates_exit_codes() {
     assert!(left.is_empty(), "bundles left: {left:?}");
 }
 
-#[tokio::test]
-async fn container_sees_its_own_world() {
-    let f = Fixture::new().await;
+async fn container_sees_its_own_world(runtime: &'static str) {
+    let f = Fixture::new(runtime).await;
     let root = f.rootfs().to_string();
     let out = f.ok(&[
         "run",
@@ -155,9 +166,8 @@ async fn container_sees_its_own_world() {
     assert!(visible <= 4, "{visible} processes visible in /proc");
 }
 
-#[tokio::test]
-async fn memory_limit_lands_in_the_cgroup() {
-    let f = Fixture::new().await;
+async fn memory_limit_lands_in_the_cgroup(runtime: &'static str) {
+    let f = Fixture::new(runtime).await;
     let root = f.rootfs().to_string();
     let id = format!("mem{}", random_id());
     f.ok(&[
@@ -185,9 +195,8 @@ async fn memory_limit_lands_in_the_cgroup() {
     assert_eq!(limit.as_deref().map(str::trim), Some("67108864"));
 }
 
-#[tokio::test]
-async fn detached_task_lifecycle() {
-    let f = Fixture::new().await;
+async fn detached_task_lifecycle(runtime: &'static str) {
+    let f = Fixture::new(runtime).await;
     let id = format!("life{}", random_id());
     f.run_detached(&id);
     f.wait_status(&id, "RUNNING").await;
@@ -222,9 +231,8 @@ async fn detached_task_lifecycle() {
     assert!(!f.ok(&["containers", "ls", "-q"]).contains(&id));
 }
 
-#[tokio::test]
-async fn tasks_survive_daemon_sigkill() {
-    let mut f = Fixture::new().await;
+async fn tasks_survive_daemon_sigkill(runtime: &'static str) {
+    let mut f = Fixture::new(runtime).await;
     let id = format!("surv{}", random_id());
     f.run_detached(&id);
     f.wait_status(&id, "RUNNING").await;
@@ -267,9 +275,8 @@ async fn tasks_survive_daemon_sigkill() {
     f.cleanup(&id);
 }
 
-#[tokio::test]
-async fn bad_task_requests_fail_cleanly() {
-    let f = Fixture::new().await;
+async fn bad_task_requests_fail_cleanly(runtime: &'static str) {
+    let f = Fixture::new(runtime).await;
     let err = failure(
         &f.ctr(&["tasks", "start", "nosuch"]),
         "start of unknown task",
@@ -298,3 +305,24 @@ async fn bad_task_requests_fail_cleanly() {
         "a failed create leaves no bundle"
     );
 }
+
+/// Each case once per shim.
+macro_rules! per_runtime {
+    ($($case:ident),* $(,)?) => {
+        mod runc_shim {
+            $(#[tokio::test] async fn $case() { super::$case(super::RUNC_V2).await })*
+        }
+        mod berth_shim {
+            $(#[tokio::test] async fn $case() { super::$case(super::BERTH_V2).await })*
+        }
+    };
+}
+
+per_runtime!(
+    run_rm_prints_and_propagates_exit_codes,
+    container_sees_its_own_world,
+    memory_limit_lands_in_the_cgroup,
+    detached_task_lifecycle,
+    tasks_survive_daemon_sigkill,
+    bad_task_requests_fail_cleanly
+);

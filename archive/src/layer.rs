@@ -96,6 +96,7 @@ fn produce(blob: impl Read, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> Result
         source: e,
     };
     let mut outer = DigestReader::new(blob);
+    let mut stopped = false;
     let (compression, diff_id, uncompressed_size) = {
         let dec = match DecompressReader::new(&mut outer) {
             Ok(d) => d,
@@ -113,7 +114,8 @@ fn produce(blob: impl Read, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> Result
                 Ok(n) => {
                     buf.truncate(n);
                     if tx.send(Ok(buf)).is_err() {
-                        break; // the applier stopped
+                        stopped = true; // the applier failed: its error is the one reported
+                        break;
                     }
                 }
                 Err(e) => {
@@ -125,8 +127,11 @@ fn produce(blob: impl Read, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> Result
         (compression, inner.digest(), inner.count())
     };
     drop(tx);
-    // Bytes after the compressed stream (if any) still belong to the blob.
-    io::copy(&mut outer, &mut io::sink()).map_err(|e| corrupt("after the compressed stream", e))?;
+    if !stopped {
+        // Bytes after the compressed stream (if any) still belong to the blob.
+        io::copy(&mut outer, &mut io::sink())
+            .map_err(|e| corrupt("after the compressed stream", e))?;
+    }
     Ok(Produced {
         compression,
         digest: outer.digest(),

@@ -169,7 +169,12 @@ impl Containers<'_> {
             }
             schema::ensure_namespace(tx, ns)?;
             if let Some(lease) = lease {
-                crate::leases::add_lease_resource(tx, ns, lease, &[CONTAINERS.into(), c.id.clone()])?;
+                crate::leases::add_lease_resource(
+                    tx,
+                    ns,
+                    lease,
+                    &[CONTAINERS.into(), c.id.clone()],
+                )?;
             }
             c.created_at = SystemTime::now();
             c.updated_at = c.created_at;
@@ -189,14 +194,7 @@ impl Containers<'_> {
         }
         self.db.update(|tx| {
             let mut updated = read_in(&*tx, ns, &c.id)?;
-            let full = [
-                "labels",
-                "spec",
-                "extensions",
-                "image",
-                "snapshotkey",
-            ]
-            .map(String::from);
+            let full = ["labels", "spec", "extensions", "image", "snapshotkey"].map(String::from);
             let paths = if paths.is_empty() {
                 if updated.snapshotter != c.snapshotter {
                     return Err(Error::InvalidArgument(

@@ -2,7 +2,6 @@
 //! rootfs, and report the init's exit (as recorded in the bundle, else killed).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::SystemTime;
 
 use berth_proto::containerd::task::v2::DeleteResponse;
@@ -24,9 +23,7 @@ pub fn delete(args: &Args) -> Result<DeleteResponse> {
     };
     let config = RuntimeConfig::load(&bundle)?
         .unwrap_or_else(|| RuntimeConfig::default_for(&args.namespace));
-    match Command::new(&config.binary)
-        .arg("--root")
-        .arg(&config.root)
+    match crate::runtime::base_command(&config)
         .arg("delete")
         .arg("--force")
         .arg(&args.id)

@@ -68,12 +68,13 @@ impl RuntimeConfig {
     pub fn default_for(ns: &str) -> RuntimeConfig {
         RuntimeConfig {
             binary: "runc".into(),
-            root: Path::new(crate::STATE_DIR).join("runc").join(ns),
+            root: default_root("runc", ns),
             ..RuntimeConfig::default()
         }
     }
 
-    /// The configuration from runc options (`None` = defaults).
+    /// The configuration from runc options (`None` = defaults). Without a `root` option the
+    /// state lives in `/run/berth/<binary name>/<ns>`.
     pub fn from_options(
         ns: &str,
         opts: Option<&berth_proto::containerd::runc::v1::Options>,
@@ -82,6 +83,7 @@ impl RuntimeConfig {
         if let Some(o) = opts {
             if !o.binary_name.is_empty() {
                 c.binary = o.binary_name.clone();
+                c.root = default_root(&o.binary_name, ns);
             }
             if !o.root.is_empty() {
                 c.root = Path::new(&o.root).join(ns);
@@ -112,6 +114,68 @@ impl RuntimeConfig {
     }
 }
 
+/// Whether the host mixes cgroup v1 controllers with a cgroup2 mount at
+/// `/sys/fs/cgroup/unified` (systemd's hybrid layout).
+pub fn host_is_hybrid() -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    fn fs_type(path: &str) -> Option<i64> {
+        let c = std::ffi::CString::new(path).ok()?;
+        // SAFETY: statfs fills the zeroed struct; the path is a valid C string.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+    }
+    fs_type("/sys/fs/cgroup/unified") == Some(CGROUP2_SUPER_MAGIC)
+        && fs_type("/sys/fs/cgroup") != Some(CGROUP2_SUPER_MAGIC)
+}
+
+/// The runtime's command line with its global flags. crun refuses the hybrid layout ("drop
+/// all controllers from cgroupv2"), so on such hosts crun runs in a private mount namespace
+/// where a tmpfs hides `/sys/fs/cgroup/unified`; it then sees, and uses, cgroup v1 only.
+pub fn base_command(config: &RuntimeConfig) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(&config.binary);
+    cmd.arg("--root").arg(&config.root);
+    if config.systemd_cgroup {
+        cmd.arg("--systemd-cgroup");
+    }
+    let is_crun = Path::new(&config.binary)
+        .file_name()
+        .is_some_and(|n| n == "crun");
+    if is_crun && host_is_hybrid() {
+        // SAFETY: only raw syscalls (async-signal-safe) between fork and exec; the strings
+        // are allocated before the fork.
+        unsafe {
+            cmd.pre_exec(|| {
+                let none = std::ptr::null();
+                let root = c"/".as_ptr();
+                let target = c"/sys/fs/cgroup/unified".as_ptr();
+                let tmpfs = c"tmpfs".as_ptr();
+                if libc::unshare(libc::CLONE_NEWNS) < 0
+                    || libc::mount(
+                        none,
+                        root,
+                        none,
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        none.cast(),
+                    ) < 0
+                    || libc::mount(tmpfs, target, tmpfs, 0, none.cast()) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+fn default_root(binary: &str, ns: &str) -> PathBuf {
+    let name = Path::new(binary)
+        .file_name()
+        .map_or_else(|| binary.to_string(), |n| n.to_string_lossy().into_owned());
+    Path::new(crate::STATE_DIR).join(name).join(ns)
+}
+
 /// runc, or a runtime with runc's command line.
 pub struct RuncCli {
     config: RuntimeConfig,
@@ -130,16 +194,11 @@ impl RuncCli {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.config.binary);
-        cmd.arg("--root")
-            .arg(&self.config.root)
-            .arg("--log")
+        let mut cmd = base_command(&self.config);
+        cmd.arg("--log")
             .arg(&self.log)
             .arg("--log-format")
             .arg("json");
-        if self.config.systemd_cgroup {
-            cmd.arg("--systemd-cgroup");
-        }
         cmd
     }
 

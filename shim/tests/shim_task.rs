@@ -788,3 +788,166 @@ fn delete_action_reports_a_dead_shims_task() {
     let resp = api::DeleteResponse::decode(out.stdout.as_slice()).unwrap();
     assert_eq!(resp.exit_status, 137);
 }
+
+fn crun_options() -> Option<prost_types::Any> {
+    Some(prost_types::Any {
+        type_url: RuncOptions::full_name(),
+        value: RuncOptions {
+            binary_name: "crun".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    })
+}
+
+/// crun, selected by runc options `binary_name`; on hybrid cgroup hosts the shim hides the
+/// unified hierarchy from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crun_runs_tasks() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if which("crun").is_none() {
+        eprintln!("skipped: crun is not installed (Debian crun)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut guard = Guard {
+        dir: dir.clone(),
+        shim_pid: None,
+        containers: Vec::new(),
+    };
+    let (events, events_sock) = fake_daemon(&dir);
+    let (b1, rootfs1) = bundle(&dir, "r1", &["sh", "-c", "echo from crun; exit 6"]);
+    let address = start_shim(&dir, &b1, "r1", &events_sock);
+    let task = TaskClient::connect(&address).await.unwrap();
+    guard.shim_pid = Some(
+        task.connect_shim(&api::ConnectRequest { id: "r1".into() })
+            .await
+            .unwrap()
+            .shim_pid as i32,
+    );
+    let stdout = dir.join("r1.stdout");
+    mkfifo(&stdout);
+    let out = collect_fifo(&stdout);
+    task.create(&api::CreateTaskRequest {
+        id: "r1".into(),
+        bundle: b1.display().to_string(),
+        rootfs: rootfs1,
+        stdout: stdout.display().to_string(),
+        options: crun_options(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    task.start(&api::StartRequest {
+        id: "r1".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let w = tokio::time::timeout(
+        WAIT,
+        task.wait(&api::WaitRequest {
+            id: "r1".into(),
+            exec_id: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(w.exit_status, 6);
+    task.delete(&api::DeleteRequest {
+        id: "r1".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.await.unwrap(), "from crun\n");
+
+    // A long-running one: exec, pids, kill.
+    let (b2, rootfs2) = bundle(&dir, "r2", &["sleep", "1000"]);
+    task.create(&api::CreateTaskRequest {
+        id: "r2".into(),
+        bundle: b2.display().to_string(),
+        rootfs: rootfs2,
+        options: crun_options(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    task.start(&api::StartRequest {
+        id: "r2".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    task.exec(&api::ExecProcessRequest {
+        id: "r2".into(),
+        exec_id: "x".into(),
+        spec: Some(prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: oci_process(&["sh", "-c", "exit 2"], false),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    task.start(&api::StartRequest {
+        id: "r2".into(),
+        exec_id: "x".into(),
+    })
+    .await
+    .unwrap();
+    let w = tokio::time::timeout(
+        WAIT,
+        task.wait(&api::WaitRequest {
+            id: "r2".into(),
+            exec_id: "x".into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(w.exit_status, 2);
+    let pids = task
+        .pids(&api::PidsRequest { id: "r2".into() })
+        .await
+        .unwrap();
+    assert_eq!(pids.processes.len(), 1, "{:?}", pids.processes);
+    task.kill(&api::KillRequest {
+        id: "r2".into(),
+        exec_id: String::new(),
+        signal: libc::SIGKILL as u32,
+        all: false,
+    })
+    .await
+    .unwrap();
+    let w = tokio::time::timeout(
+        WAIT,
+        task.wait(&api::WaitRequest {
+            id: "r2".into(),
+            exec_id: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(w.exit_status, 137);
+    task.delete(&api::DeleteRequest {
+        id: "r2".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(mounts_under(&dir).is_empty());
+    let _ = task
+        .shutdown(&api::ShutdownRequest {
+            id: "r2".into(),
+            now: false,
+        })
+        .await;
+    assert!(events.topics().contains(&"/tasks/delete".to_string()));
+}

@@ -19,6 +19,7 @@ mod delete;
 mod error;
 mod events;
 mod mount;
+mod oom;
 mod reaper;
 mod runtime;
 mod serve;

@@ -153,7 +153,7 @@ pub struct MemoryStat {
 }
 
 /// The v1 hierarchies of a process: controller → directory of its cgroup.
-fn cgroup_dirs(pid: u32) -> Result<HashMap<String, PathBuf>> {
+pub(crate) fn cgroup_dirs(pid: u32) -> Result<HashMap<String, PathBuf>> {
     let path = format!("/proc/{pid}/cgroup");
     let data = std::fs::read_to_string(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {

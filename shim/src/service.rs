@@ -144,6 +144,16 @@ struct Container {
     rootfs_mounted: bool,
     init: Process,
     execs: HashMap<String, Process>,
+    /// The OOM watch, if the host has a v1 memory controller.
+    oom: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(h) = &self.oom {
+            h.abort();
+        }
+    }
 }
 
 impl Container {
@@ -337,8 +347,12 @@ impl TaskService {
         let result = self.create_inner(&req).await;
         let mut st = self.lock();
         st.creating.retain(|i| i != &req.id);
-        let container = result?;
+        let mut container = result?;
         let pid = container.init.pid;
+        match crate::oom::watch(&req.id, pid, self.publisher.clone()) {
+            Ok(w) => container.oom = w,
+            Err(e) => eprintln!("watch OOM events of {}: {e}", req.id),
+        }
         st.containers.insert(req.id.clone(), container);
         self.publisher.publish(
             "/tasks/create",
@@ -431,6 +445,7 @@ impl TaskService {
             rootfs_mounted: mounted,
             init,
             execs: HashMap::new(),
+            oom: None,
         })
     }
 

@@ -951,3 +951,92 @@ async fn crun_runs_tasks() {
         .await;
     assert!(events.topics().contains(&"/tasks/delete".to_string()));
 }
+
+/// A container that outgrows its memory limit is OOM-killed: `/tasks/oom`, exit 137.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kill_is_reported() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if !Path::new("/sys/fs/cgroup/memory/memory.oom_control").exists() {
+        eprintln!("skipped: no cgroup v1 memory controller");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut guard = Guard {
+        dir: dir.clone(),
+        shim_pid: None,
+        containers: vec!["m1".into()],
+    };
+    let (events, events_sock) = fake_daemon(&dir);
+    let (b1, rootfs1) = bundle(
+        &dir,
+        "m1",
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/urandom); echo ${#x}",
+        ],
+    );
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b1.join("config.json")).unwrap()).unwrap();
+    let limit = 16 << 20;
+    cfg["linux"]["resources"]["memory"] = serde_json::json!({"limit": limit, "swap": limit});
+    std::fs::write(b1.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let address = start_shim(&dir, &b1, "m1", &events_sock);
+    let task = TaskClient::connect(&address).await.unwrap();
+    guard.shim_pid = Some(
+        task.connect_shim(&api::ConnectRequest { id: "m1".into() })
+            .await
+            .unwrap()
+            .shim_pid as i32,
+    );
+    task.create(&api::CreateTaskRequest {
+        id: "m1".into(),
+        bundle: b1.display().to_string(),
+        rootfs: rootfs1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    task.start(&api::StartRequest {
+        id: "m1".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let w = tokio::time::timeout(
+        WAIT,
+        task.wait(&api::WaitRequest {
+            id: "m1".into(),
+            exec_id: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(w.exit_status, 137);
+    assert!(
+        wait_until(Duration::from_secs(5), || events
+            .topics()
+            .contains(&"/tasks/oom".to_string())),
+        "no /tasks/oom in {:?}",
+        events.topics()
+    );
+    let ooms: Vec<ev::TaskOom> = events.decode("/tasks/oom");
+    assert_eq!(ooms[0].container_id, "m1");
+    task.delete(&api::DeleteRequest {
+        id: "m1".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let _ = task
+        .shutdown(&api::ShutdownRequest {
+            id: "m1".into(),
+            now: false,
+        })
+        .await;
+}

@@ -37,7 +37,7 @@ impl NativeSnapshotter {
         vec![Mount {
             kind: "bind".into(),
             source: self.dir(&s.id).to_string_lossy().into_owned(),
-            options: vec![ro.into(), "rbind".into()],
+            options: vec!["rbind".into(), ro.into()],
         }]
     }
 

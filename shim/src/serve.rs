@@ -81,12 +81,19 @@ async fn run(args: &Args, listener: std::os::unix::net::UnixListener) -> Result<
     let (publisher, forwarder) = Publisher::new(&args.namespace, events_address);
     tokio::spawn(forwarder);
 
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(|e| Error::io("register listener", e))?;
+    let socket_path: Option<PathBuf> = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(PathBuf::from));
     let shutdown = Arc::new(Notify::new());
     let service = TaskService::new(
         &args.namespace,
         reaper.clone(),
         publisher.clone(),
         shutdown.clone(),
+        socket_path.clone(),
     );
     let mut exits = reaper.subscribe();
     let handler = service.clone();
@@ -96,12 +103,6 @@ async fn run(args: &Args, listener: std::os::unix::net::UnixListener) -> Result<
         }
     });
 
-    let listener = tokio::net::UnixListener::from_std(listener)
-        .map_err(|e| Error::io("register listener", e))?;
-    let socket_path: Option<PathBuf> = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(PathBuf::from));
     let server = Server::new().register(service);
     tokio::select! {
         r = server.serve(listener) => r.map_err(|e| Error::io("accept", e))?,

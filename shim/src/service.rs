@@ -216,6 +216,8 @@ pub struct TaskService {
     shutdown: Arc<Notify>,
     /// Where console sockets are created.
     console_dir: PathBuf,
+    /// The shim's own socket, removed as soon as a shutdown is decided.
+    socket: Option<PathBuf>,
 }
 
 impl TaskService {
@@ -224,6 +226,7 @@ impl TaskService {
         reaper: Arc<Reaper>,
         publisher: Publisher,
         shutdown: Arc<Notify>,
+        socket: Option<PathBuf>,
     ) -> Arc<TaskService> {
         Arc::new(TaskService {
             namespace: namespace.to_string(),
@@ -232,6 +235,7 @@ impl TaskService {
             publisher,
             shutdown,
             console_dir: Path::new(crate::STATE_DIR).join("c"),
+            socket,
         })
     }
 
@@ -878,6 +882,10 @@ impl TaskService {
     fn shutdown(&self, req: api::ShutdownRequest) -> Result<()> {
         if !self.lock().containers.is_empty() && !req.now {
             return Ok(());
+        }
+        // No new client may reach a shim that is going away.
+        if let Some(p) = &self.socket {
+            let _ = std::fs::remove_file(p);
         }
         self.shutdown.notify_one();
         Ok(())

@@ -24,6 +24,27 @@ pub fn socket_address(daemon_address: &str, ns: &str, id: &str) -> String {
     format!("unix://{}/s/{}", crate::STATE_DIR, hex::encode(digest))
 }
 
+/// Annotations that put containers in one shim (a pod's sandbox and its containers), as
+/// containerd's runc shim honours them.
+const GROUP_ANNOTATIONS: &[&str] = &[
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
+/// The group named by the bundle's `config.json` annotations, if any.
+fn group_id(bundle: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        annotations: std::collections::HashMap<String, String>,
+    }
+    let data = std::fs::read(bundle.join("config.json")).ok()?;
+    let spec: Spec = serde_json::from_slice(&data).ok()?;
+    GROUP_ANNOTATIONS
+        .iter()
+        .find_map(|a| spec.annotations.get(*a).filter(|v| !v.is_empty()).cloned())
+}
+
 /// Writes `address` into the bundle atomically.
 fn write_address(bundle: &Path, address: &str) -> Result<()> {
     let tmp = bundle.join(format!(".{ADDRESS_FILE}"));
@@ -38,7 +59,8 @@ pub fn start(args: &Args) -> Result<String> {
         return Err(Error::invalid("shim id is empty"));
     }
     let bundle = std::env::current_dir().map_err(|e| Error::io("get working directory", e))?;
-    let address = socket_address(&args.address, &args.namespace, &args.id);
+    let group = group_id(&bundle).unwrap_or_else(|| args.id.clone());
+    let address = socket_address(&args.address, &args.namespace, &group);
     let path = crate::ttrpc::socket_path(&address);
     let dir = Path::new(&path).parent().expect("socket under a directory");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;

@@ -185,6 +185,34 @@ fn start_shim(dir: &Path, bundle: &Path, id: &str, events_sock: &Path) -> String
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Shuts the shim down (no tasks left) and waits until it has exited and removed its socket.
+async fn shutdown_and_wait(task: &TaskClient, address: &str, guard: &mut Guard) {
+    let _ = task
+        .shutdown(&api::ShutdownRequest {
+            id: String::new(),
+            now: false,
+        })
+        .await;
+    let sock = ttrpc::socket_path(address);
+    assert!(
+        wait_until(WAIT, || !Path::new(&sock).exists()),
+        "shim socket {sock} still there"
+    );
+    if let Some(pid) = guard.shim_pid.take() {
+        assert!(
+            wait_until(WAIT, || !is_running(pid)),
+            "shim {pid} still running"
+        );
+    }
+}
+
+/// Whether `pid` is alive (not gone, not a zombie).
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
 /// Serves a fake daemon's events endpoint at `<dir>/events.sock`.
 fn fake_daemon(dir: &Path) -> (Arc<Events>, PathBuf) {
     let events = Arc::new(Events::default());
@@ -260,6 +288,49 @@ async fn terminal_stdin_and_close_io() {
     })
     .await
     .unwrap();
+    // An exec with its own terminal.
+    let exec_out = dir.join("t.stdout");
+    mkfifo(&exec_out);
+    let eout = collect_fifo(&exec_out);
+    task.exec(&api::ExecProcessRequest {
+        id: "p1".into(),
+        exec_id: "t".into(),
+        terminal: true,
+        stdout: exec_out.display().to_string(),
+        spec: Some(prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: oci_process(&["tty"], true),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    task.start(&api::StartRequest {
+        id: "p1".into(),
+        exec_id: "t".into(),
+    })
+    .await
+    .unwrap();
+    let ew = tokio::time::timeout(
+        WAIT,
+        task.wait(&api::WaitRequest {
+            id: "p1".into(),
+            exec_id: "t".into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(ew.exit_status, 0);
+    task.delete(&api::DeleteRequest {
+        id: "p1".into(),
+        exec_id: "t".into(),
+    })
+    .await
+    .unwrap();
+    let tty = tokio::time::timeout(WAIT, eout).await.unwrap().unwrap();
+    assert!(tty.starts_with("/dev/pts/"), "{tty:?}");
+
     use tokio::io::AsyncWriteExt;
     input.write_all(b"abc\n").await.unwrap();
     let w = tokio::time::timeout(
@@ -340,12 +411,7 @@ async fn terminal_stdin_and_close_io() {
         "line one\n"
     );
     drop(input);
-    let _ = task
-        .shutdown(&api::ShutdownRequest {
-            id: "s1".into(),
-            now: false,
-        })
-        .await;
+    shutdown_and_wait(&task, &address, &mut guard).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,6 +700,12 @@ async fn task_lifecycle_over_ttrpc() {
 
     // A second container in the same shim: the exit code propagates.
     let (b2, rootfs2) = bundle(&dir, "c2", &["sh", "-c", "exit 3"]);
+    // Its config names c1's group: `start` hands out c1's shim.
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b2.join("config.json")).unwrap()).unwrap();
+    cfg["annotations"] = serde_json::json!({"io.containerd.runc.v2.group": "c1"});
+    std::fs::write(b2.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    assert_eq!(start_shim(&dir, &b2, "c2", &events_sock), address);
     let c2 = task
         .create(&api::CreateTaskRequest {
             id: "c2".into(),
@@ -670,26 +742,7 @@ async fn task_lifecycle_over_ttrpc() {
     assert_eq!((d2.pid, d2.exit_status), (c2.pid, 3));
 
     // Shutdown with no tasks left: the shim exits and removes its socket.
-    let _ = task
-        .shutdown(&api::ShutdownRequest {
-            id: "c2".into(),
-            now: false,
-        })
-        .await;
-    let sock = ttrpc::socket_path(&address);
-    assert!(
-        wait_until(WAIT, || !Path::new(&sock).exists()),
-        "shim socket {sock} still there"
-    );
-    let shim_pid = connected.shim_pid as i32;
-    assert!(
-        wait_until(WAIT, || !Path::new(&format!("/proc/{shim_pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{shim_pid}/stat"))
-                .map(|s| s.contains(") Z "))
-                .unwrap_or(true)),
-        "shim {shim_pid} still running"
-    );
-    guard.shim_pid = None;
+    shutdown_and_wait(&task, &address, &mut guard).await;
 
     // Events came in order.
     let topics = events.topics();
@@ -943,12 +996,7 @@ async fn crun_runs_tasks() {
     .await
     .unwrap();
     assert!(mounts_under(&dir).is_empty());
-    let _ = task
-        .shutdown(&api::ShutdownRequest {
-            id: "r2".into(),
-            now: false,
-        })
-        .await;
+    shutdown_and_wait(&task, &address, &mut guard).await;
     assert!(events.topics().contains(&"/tasks/delete".to_string()));
 }
 
@@ -1033,10 +1081,5 @@ async fn oom_kill_is_reported() {
     })
     .await
     .unwrap();
-    let _ = task
-        .shutdown(&api::ShutdownRequest {
-            id: "m1".into(),
-            now: false,
-        })
-        .await;
+    shutdown_and_wait(&task, &address, &mut guard).await;
 }

@@ -15,7 +15,7 @@ const CTR: &str = "/usr/bin/ctr";
 const NS: &str = "berth-interop";
 const IMAGE: &str = "docker.io/library/berthbox:latest";
 const RUNTIME: &str = "io.containerd.berth.v2";
-const IDS: &[&str] = &["t1", "t2", "t3"];
+const IDS: &[&str] = &["t1", "t2", "t3", "t4", "t5"];
 const LIMIT: Duration = Duration::from_secs(60);
 
 struct Containerd {
@@ -58,21 +58,32 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             shim_dir.display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let mut c = Containerd {
+            dir: dir.to_path_buf(),
+            socket,
+            child: None,
+        };
+        c.spawn(&config_path, &path);
+        c
+    }
+
+    fn spawn(&mut self, config_path: &Path, path: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
         let child = Command::new(CONTAINERD)
             .arg("--config")
-            .arg(&config_path)
+            .arg(config_path)
             .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let c = Containerd {
-            dir: dir.to_path_buf(),
-            socket,
-            child: Some(child),
-        };
+        self.child = Some(child);
+        let c = &*self;
         let ready = wait_until(Duration::from_secs(30), || {
             c.socket.exists()
                 && Command::new(CTR)
@@ -85,7 +96,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
                     .is_ok_and(|s| s.success())
         });
         assert!(ready, "containerd did not come up:\n{}", c.log());
-        c
+    }
+
+    /// SIGKILLs the daemon (its shims live on) and starts it again on the same state.
+    fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let path = format!(
+            "{}:{}",
+            shim_binary().parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let config = self.dir.join("config.toml");
+        self.spawn(&config, &path);
     }
 
     fn log(&self) -> String {
@@ -178,7 +204,17 @@ fn stock_containerd_runs_tasks_through_berth_shim() {
         .prefix("berth-interop-")
         .tempdir()
         .unwrap();
-    let c = Containerd::start(tmp.path());
+    let mut c = Containerd::start(tmp.path());
+    // Shim events reach the daemon through its ttrpc Forward.
+    let mut events = Command::new(CTR)
+        .arg("-a")
+        .arg(&c.socket)
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(tmp.path().join("events.txt")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
 
     let image = tmp.path().join("berthbox.tar");
     std::fs::write(
@@ -267,6 +303,83 @@ fn stock_containerd_runs_tasks_through_berth_shim() {
     c.ctr_ok(&["tasks", "rm", "t3"]);
     c.ctr_ok(&["containers", "rm", "t3"]);
     assert!(task_status(&c, "t3").is_none());
+
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = std::fs::read_to_string(tmp.path().join("events.txt")).unwrap();
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(seen.contains(topic), "no {topic} event in:\n{seen}");
+    }
+
+    // The daemon dies; its shims do not. After a restart it finds the running task again,
+    // and the task that exited meanwhile is reported stopped with its status.
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t4",
+        "sleep",
+        "1000",
+    ]);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t5",
+        "sh",
+        "-c",
+        "read x; exit 9",
+    ]);
+    c.kill_and_restart();
+    let runc_root = format!("/run/berth/runc/{NS}");
+    let killed = Command::new("runc")
+        .args(["--root", &runc_root, "kill", "t5", "KILL"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(task_status(&c, "t4").as_deref(), Some("RUNNING"));
+    assert!(
+        wait_until(Duration::from_secs(30), || task_status(&c, "t5").as_deref()
+            == Some("STOPPED")),
+        "t5 not reported stopped"
+    );
+    let out = c.ctr_ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "after",
+        "t4",
+        "echo",
+        "still here",
+    ]);
+    assert_eq!(out, "still here\n");
+    let out = c.ctr(&["tasks", "rm", "t5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "t4"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || task_status(&c, "t4").as_deref()
+            == Some("STOPPED")),
+        "t4 did not stop"
+    );
+    c.ctr_ok(&["tasks", "rm", "t4"]);
+    c.ctr_ok(&["containers", "rm", "t4", "t5"]);
 
     // No shim is left for these containers, nor a mount in containerd's state.
     assert!(

@@ -29,7 +29,7 @@ mod stdio;
 
 pub use args::Args;
 pub use error::{Error, Result};
-pub use start::{socket_address, ADDRESS_FILE};
+pub use start::{socket_address, ADDRESS_FILE, SHIM_PID_FILE};
 
 /// Where the shim keeps its sockets (`s/`), console sockets (`c/`) and the default runc
 /// root (`runc/<namespace>`).

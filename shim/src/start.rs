@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 
 /// The file in the bundle that holds the shim's address.
 pub const ADDRESS_FILE: &str = "address";
+/// The file in the bundle that holds the shim server's pid.
+pub const SHIM_PID_FILE: &str = "shim.pid";
 
 /// The socket address of the shim for container `id` in namespace `ns` of the daemon at
 /// `daemon_address`: `unix:///run/berth/s/<sha256(daemon_address/ns/id)>`.
@@ -129,7 +131,11 @@ fn launch_server(args: &Args, bundle: &Path, listener: &UnixListener) -> Result<
         });
     }
     // Not waited for: the server outlives this process and is adopted by init.
-    cmd.spawn()
+    let child = cmd
+        .spawn()
         .map_err(|e| Error::io("launch the shim server", e))?;
+    // For a daemon that must stop a shim that no longer answers.
+    std::fs::write(bundle.join(SHIM_PID_FILE), child.id().to_string())
+        .map_err(|e| Error::io(format!("write {SHIM_PID_FILE}"), e))?;
     Ok(())
 }

@@ -100,7 +100,7 @@ impl Drop for ProcessIo {
 
 /// Stdio prepared before the runtime runs the process.
 pub enum Prepared {
-    /// Pipes: the child's ends and a function that starts the copies.
+    /// Pipes: the child's ends, and the shim's side with the copies already running.
     Pipes { child: ChildStdio, io: ProcessIo },
     /// A pty: the runtime sends the master over `socket_path`.
     Console {

@@ -454,6 +454,10 @@ async fn task_lifecycle_over_ttrpc() {
         std::fs::read_to_string(b1.join("address")).unwrap(),
         address
     );
+    let shim_pid: i32 = std::fs::read_to_string(b1.join("shim.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(
         address,
         berth_shim::socket_address(&daemon_address, NS, "c1")
@@ -482,6 +486,7 @@ async fn task_lifecycle_over_ttrpc() {
         .await;
     let connected = connected.unwrap();
     guard.shim_pid = Some(connected.shim_pid as i32);
+    assert_eq!(connected.shim_pid as i32, shim_pid);
     assert_eq!(connected.task_pid, 0);
 
     // Create with stdout and stderr FIFOs, runc options naming runc explicitly.

@@ -32,6 +32,8 @@ struct Inner {
     pending: Pending,
     next_id: AtomicU32,
     reader: tokio::task::JoinHandle<()>,
+    /// Becomes true when the connection ends.
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Drop for Inner {
@@ -60,6 +62,7 @@ impl Client {
         let (mut rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_pending = pending.clone();
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
         let reader = tokio::spawn(async move {
             loop {
                 match read_frame(&mut rd).await {
@@ -92,6 +95,7 @@ impl Client {
             }
             // Fail every call still waiting, and any made from now on.
             reader_pending.lock().unwrap().take();
+            closed_tx.send_replace(true);
         });
         Client {
             inner: Arc::new(Inner {
@@ -99,6 +103,7 @@ impl Client {
                 pending,
                 next_id: AtomicU32::new(1),
                 reader,
+                closed,
             }),
         }
     }
@@ -167,6 +172,13 @@ impl Client {
     /// Whether the connection has ended (the peer closed it or it failed).
     pub fn is_closed(&self) -> bool {
         self.inner.pending.lock().unwrap().is_none()
+    }
+
+    /// Resolves when the connection ends (the peer exited or closed it).
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closed.clone();
+        // An error means the reader is gone, which also means closed.
+        let _ = rx.wait_for(|c| *c).await;
     }
 }
 

@@ -275,6 +275,58 @@ async fn tasks_survive_daemon_sigkill(runtime: &'static str) {
     f.cleanup(&id);
 }
 
+async fn dead_shim_is_cleaned_up(runtime: &'static str) {
+    let f = Fixture::new(runtime).await;
+    let id = format!("dead{}", random_id());
+    f.run_detached(&id);
+    f.wait_status(&id, "RUNNING").await;
+    let bundle =
+        f.d.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(&f.ns)
+            .join(&id);
+    let task_pid: i32 = f
+        .ok(&["tasks", "ls"])
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("task pid");
+    // The shim is the container's parent (its child subreaper).
+    let stat = std::fs::read_to_string(format!("/proc/{task_pid}/stat")).expect("task stat");
+    let shim_pid: i32 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("ppid in /proc/<pid>/stat");
+    let shim_cmd = std::fs::read_to_string(format!("/proc/{shim_pid}/cmdline")).unwrap_or_default();
+    assert!(
+        shim_cmd.contains("containerd-shim"),
+        "parent of the task is {shim_cmd:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid),
+        nix::sys::signal::SIGKILL,
+    )
+    .expect("kill shim");
+
+    // berthd notices, runs the shim's delete (which kills the container),
+    // forgets the task and removes the bundle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.ok(&["tasks", "ls"]).contains(&id) || bundle.exists() {
+        assert!(Instant::now() < deadline, "dead shim's task still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alive = Path::new(&format!("/proc/{task_pid}/cmdline")).exists()
+        && std::fs::read_to_string(format!("/proc/{task_pid}/cmdline"))
+            .is_ok_and(|c| c.contains("sleep"));
+    assert!(
+        !alive,
+        "container process {task_pid} outlived its shim's cleanup"
+    );
+    f.ok(&["containers", "rm", &id]);
+}
+
 async fn bad_task_requests_fail_cleanly(runtime: &'static str) {
     let f = Fixture::new(runtime).await;
     let err = failure(
@@ -319,6 +371,7 @@ macro_rules! per_runtime {
 }
 
 per_runtime!(
+    dead_shim_is_cleaned_up,
     run_rm_prints_and_propagates_exit_codes,
     container_sees_its_own_world,
     memory_limit_lands_in_the_cgroup,

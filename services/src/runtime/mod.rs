@@ -98,7 +98,7 @@ impl RuntimeManager {
     /// Starts a shim for the container and creates its task. On any failure
     /// nothing is left behind: no shim, no bundle.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         ns: &str,
         id: &str,
         opts: CreateOpts,
@@ -149,7 +149,7 @@ impl RuntimeManager {
             .await;
         match created {
             Ok(resp) => {
-                self.lock().insert(key, shim.clone());
+                self.register(ns, id, shim.clone());
                 Ok((shim, resp.pid))
             }
             Err(e) => {
@@ -158,6 +158,33 @@ impl RuntimeManager {
                 Err(status)
             }
         }
+    }
+
+    /// Tracks a live shim, and cleans up after it if it dies with its task
+    /// still registered (killed, crashed): exit and delete events, bundle
+    /// removed, as containerd does for a dead shim.
+    fn register(self: &Arc<Self>, ns: &str, id: &str, shim: Arc<Shim>) {
+        let key = (ns.to_string(), id.to_string());
+        self.lock().insert(key.clone(), shim.clone());
+        let manager = Arc::downgrade(self);
+        tokio::spawn(async move {
+            shim.client.client().closed().await;
+            let Some(manager) = manager.upgrade() else {
+                return;
+            };
+            let orphaned = {
+                let mut tasks = manager.lock();
+                let ours = tasks.get(&key).is_some_and(|s| Arc::ptr_eq(s, &shim));
+                if ours {
+                    tasks.remove(&key);
+                }
+                ours
+            };
+            if orphaned {
+                tracing::warn!(namespace = %key.0, id = %key.1, "shim died; cleaning up its task");
+                manager.cleanup_dead(&key.0, &key.1, &shim.bundle).await;
+            }
+        });
     }
 
     /// Deletes the task's init process, stops its shim and removes the
@@ -200,11 +227,11 @@ impl RuntimeManager {
         }
     }
 
-    async fn restore_one(&self, ns: String, id: String, bundle: PathBuf) {
+    async fn restore_one(self: &Arc<Self>, ns: String, id: String, bundle: PathBuf) {
         match tokio::time::timeout(RECONNECT_TIMEOUT, Shim::reconnect(&id, &bundle)).await {
             Ok(Ok(shim)) => {
                 tracing::info!(namespace = %ns, id = %id, "reconnected to shim");
-                self.lock().insert((ns, id), Arc::new(shim));
+                self.register(&ns, &id, Arc::new(shim));
             }
             other => {
                 let why = match other {

@@ -84,7 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Shims publish their events to `<address>.ttrpc`, as containerd's do.
     let ttrpc_address = PathBuf::from(format!("{}.ttrpc", config.grpc.address.display()));
     let ttrpc_listener = bind_socket(&ttrpc_address, config.grpc.uid, config.grpc.gid)?;
-    let ttrpc_server = berth_shim::ttrpc::Server::new().register(ShimEvents::new(exchange.clone()));
+    let ttrpc_server = berth_ttrpc::Server::new().register(ShimEvents::new(exchange.clone()));
     tokio::spawn(async move {
         if let Err(e) = ttrpc_server.serve(ttrpc_listener).await {
             tracing::error!(error = %e, "ttrpc event endpoint failed");

@@ -1,9 +1,6 @@
-//! `containerd-shim-berth-v2`, containerd's shim v2 over an OCI runtime CLI (runc, crun), and
-//! the ttrpc codec it speaks, which the daemon uses to drive shims.
+//! `containerd-shim-berth-v2`, containerd's shim v2 over an OCI runtime CLI (runc, crun). It
+//! speaks ttrpc through the `berth-ttrpc` crate (which the daemon also uses to drive shims).
 //!
-//! - [`ttrpc`]: framing, [`ttrpc::Server`], [`ttrpc::Client`] and the typed
-//!   [`ttrpc::TaskClient`] (`containerd.task.v2.Task`) and [`ttrpc::EventsClient`]
-//!   (`containerd.services.events.ttrpc.v1.Events`).
 //! - [`run`]: the binary's entry point: `start` (launch the server, print its address),
 //!   `delete` (clean up after a dead shim, print a `DeleteResponse`), or the server itself.
 //!
@@ -12,7 +9,7 @@
 //! are recorded in the bundle (`exit-status.json`) before they are published.
 
 pub mod metrics;
-pub mod ttrpc;
+pub use berth_ttrpc as ttrpc;
 
 mod args;
 mod delete;

@@ -175,7 +175,7 @@ impl Drop for Containerd {
         }
         for id in IDS {
             let address = berth_shim::socket_address(&self.socket.display().to_string(), NS, id);
-            let _ = std::fs::remove_file(berth_shim::ttrpc::socket_path(&address));
+            let _ = std::fs::remove_file(berth_ttrpc::socket_path(&address));
         }
         unmount_under(&self.dir);
     }

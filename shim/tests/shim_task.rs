@@ -14,7 +14,7 @@ use berth_proto::containerd::services::events::ttrpc::v1::ForwardRequest;
 use berth_proto::containerd::task::v2 as api;
 use berth_proto::containerd::types::Mount;
 use berth_proto::containerd::v1::types::Status;
-use berth_shim::ttrpc::{self, BoxFuture, RequestContext, Server, Service, TaskClient};
+use berth_ttrpc::{self as ttrpc, BoxFuture, RequestContext, Server, Service, TaskClient};
 use prost::{Message, Name};
 use tokio::io::AsyncReadExt;
 

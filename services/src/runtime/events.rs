@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use berth_proto::containerd::services::events::ttrpc::v1::ForwardRequest;
-use berth_shim::ttrpc::{self, BoxFuture, Code, RequestContext, Service};
+use berth_ttrpc::{self as ttrpc, BoxFuture, Code, RequestContext, Service};
 
 use crate::events::Exchange;
 

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use berth_proto::containerd::task::v2 as shimapi;
-use berth_shim::ttrpc::{self, TaskClient};
+use berth_ttrpc::{self as ttrpc, TaskClient};
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tonic::{Code, Status};

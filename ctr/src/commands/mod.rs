@@ -1,12 +1,15 @@
 //! One module per command group; each has a clap enum (or args struct) and a `run`.
 //! Later groups (images, containers, tasks, run) add a variant here and a file.
 
+mod containers;
 mod content;
 mod events;
 mod leases;
 mod namespaces;
 mod plugins;
+mod run;
 mod snapshots;
+mod tasks;
 mod version;
 
 use crate::Global;
@@ -33,6 +36,14 @@ pub enum Command {
     /// Manage snapshots (container filesystems) of a snapshotter.
     #[command(alias = "snapshot")]
     Snapshots(snapshots::Args),
+    /// Run a container from an unpacked image: create it, start its task, wait for the exit.
+    Run(Box<run::Args>),
+    /// Manage containers (metadata records; see `tasks` for what runs).
+    #[command(subcommand, visible_alias = "c", alias = "container")]
+    Containers(containers::Command),
+    /// Manage tasks: the running processes of containers.
+    #[command(subcommand, visible_alias = "t", alias = "task")]
+    Tasks(tasks::Command),
 }
 
 pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
@@ -44,6 +55,9 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Events(a) => events::run(g, a).await,
         Command::Plugins(c) => plugins::run(g, c).await,
         Command::Snapshots(a) => snapshots::run(g, a).await,
+        Command::Run(a) => run::run(g, *a).await,
+        Command::Containers(c) => containers::run(g, c).await,
+        Command::Tasks(c) => tasks::run(g, c).await,
     }
 }
 

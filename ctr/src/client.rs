@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _};
 use berth_proto::containerd::services::{
-    content::v1::content_client::ContentClient, events::v1::events_client::EventsClient,
+    content::v1::content_client::ContentClient, diff::v1::diff_client::DiffClient,
+    events::v1::events_client::EventsClient, images::v1::images_client::ImagesClient,
     introspection::v1::introspection_client::IntrospectionClient,
     leases::v1::leases_client::LeasesClient, namespaces::v1::namespaces_client::NamespacesClient,
     snapshots::v1::snapshots_client::SnapshotsClient, version::v1::version_client::VersionClient,
@@ -80,6 +81,8 @@ macro_rules! clients {
 impl Conn {
     clients! {
         content => ContentClient,
+        diff => DiffClient,
+        images => ImagesClient,
         events => EventsClient,
         introspection => IntrospectionClient,
         leases => LeasesClient,

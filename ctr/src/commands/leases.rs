@@ -134,7 +134,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
 }
 
 /// `now + after` as RFC 3339, to the second.
-fn expiry(now: SystemTime, after: Duration) -> String {
+pub(crate) fn expiry(now: SystemTime, after: Duration) -> String {
     let at = prost_types::Timestamp::from(now + after);
     prost_types::Timestamp {
         seconds: at.seconds,

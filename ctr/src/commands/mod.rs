@@ -4,6 +4,7 @@
 mod containers;
 mod content;
 mod events;
+mod images;
 mod leases;
 mod namespaces;
 mod plugins;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Inspect the daemon's plugins.
     #[command(subcommand, alias = "plugin")]
     Plugins(plugins::Command),
+    /// Manage images: import, export, unpack, list, remove, check, tag, mount.
+    #[command(subcommand, visible_alias = "i", alias = "image")]
+    Images(images::Command),
     /// Manage snapshots (container filesystems) of a snapshotter.
     #[command(alias = "snapshot")]
     Snapshots(snapshots::Args),
@@ -54,6 +58,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Leases(c) => leases::run(g, c).await,
         Command::Events(a) => events::run(g, a).await,
         Command::Plugins(c) => plugins::run(g, c).await,
+        Command::Images(c) => images::run(g, c).await,
         Command::Snapshots(a) => snapshots::run(g, a).await,
         Command::Run(a) => run::run(g, *a).await,
         Command::Containers(c) => containers::run(g, c).await,

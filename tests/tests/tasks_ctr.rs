@@ -275,6 +275,110 @@ async fn tasks_survive_daemon_sigkill(runtime: &'static str) {
     f.cleanup(&id);
 }
 
+/// Ten containers through a daemon stop (SIGTERM or SIGKILL): all still
+/// listed and running after the restart, exec and kill work, an exit that
+/// happened while the daemon was down is reported with its status, and
+/// nothing leaks once they are removed.
+async fn ten_containers_survive(runtime: &'static str, sigkill: bool) {
+    let mut f = Fixture::new(runtime).await;
+    let ids: Vec<String> = (0..9).map(|i| format!("ten{i}{}", random_id())).collect();
+    for id in &ids {
+        f.run_detached(id);
+    }
+    let short = format!("short{}", random_id());
+    let root = f.rootfs().to_string();
+    f.ok(&[
+        "run",
+        "-d",
+        "--rootfs",
+        &root,
+        &short,
+        "/bin/sh",
+        "-c",
+        "sleep 1; exit 3",
+    ]);
+    for id in &ids {
+        f.wait_status(id, "RUNNING").await;
+    }
+
+    if sigkill {
+        f.d.kill9();
+    } else {
+        let status = f.d.stop().await;
+        assert!(status.success(), "berthd exit on SIGTERM: {status}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.d.restart().await;
+
+    for id in &ids {
+        f.wait_status(id, "RUNNING").await;
+    }
+    let out = f.ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "after",
+        &ids[0],
+        "/bin/echo",
+        "ok",
+    ]);
+    assert_eq!(out.trim(), "ok");
+    f.wait_status(&short, "STOPPED").await;
+    let rm = f.ctr(&["tasks", "rm", &short]);
+    let stderr = String::from_utf8_lossy(&rm.stderr);
+    assert!(
+        rm.status.success() && stderr.contains("exit code 3"),
+        "exit while berthd was down: {rm:?}"
+    );
+    f.ok(&["containers", "rm", &short]);
+    for id in &ids {
+        f.ok(&["tasks", "kill", "-s", "KILL", id]);
+        f.wait_status(id, "STOPPED").await;
+        f.ok(&["tasks", "rm", id]);
+        f.ok(&["containers", "rm", id]);
+    }
+
+    // No shim, mount or bundle left.
+    let bundles =
+        f.d.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(&f.ns);
+    assert_eq!(
+        std::fs::read_dir(&bundles).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shims = std::process::Command::new("pgrep")
+            .args(["-f", &format!("-namespace {} ", f.ns)])
+            .output()
+            .expect("pgrep");
+        if shims.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shims left: {}",
+            String::from_utf8_lossy(&shims.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let state = f.d.state().display().to_string();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&state)),
+        "mounts left under {state}"
+    );
+}
+
+async fn ten_containers_survive_sigterm(runtime: &'static str) {
+    ten_containers_survive(runtime, false).await;
+}
+
+async fn ten_containers_survive_sigkill(runtime: &'static str) {
+    ten_containers_survive(runtime, true).await;
+}
+
 async fn dead_shim_is_cleaned_up(runtime: &'static str) {
     let f = Fixture::new(runtime).await;
     let id = format!("dead{}", random_id());
@@ -371,6 +475,8 @@ macro_rules! per_runtime {
 }
 
 per_runtime!(
+    ten_containers_survive_sigterm,
+    ten_containers_survive_sigkill,
     dead_shim_is_cleaned_up,
     run_rm_prints_and_propagates_exit_codes,
     container_sees_its_own_world,

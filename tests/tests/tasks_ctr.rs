@@ -379,6 +379,26 @@ async fn ten_containers_survive_sigkill(runtime: &'static str) {
     ten_containers_survive(runtime, true).await;
 }
 
+/// `ctr run --rm IMAGE id echo hello` with an image imported into berthd
+/// (unpacked by ctr through the snapshots and diff services).
+async fn run_image_prints_hello(runtime: &'static str) {
+    let f = Fixture::new(runtime).await;
+    let name = "docker.io/berth/busybox:latest";
+    let tar = f._dir.path().join("busybox.tar");
+    let built = berth_image::testimage::build(
+        &berth_image::testimage::layers(),
+        berth_archive::Compression::Gzip,
+    );
+    std::fs::write(&tar, berth_image::testimage::oci_layout_tar(&built, name)).expect("image tar");
+    f.ok(&["images", "import", tar.to_str().expect("utf-8")]);
+    let id = format!("img{}", random_id());
+    let out = f.ok(&["run", "--rm", name, &id, "echo", "hello"]);
+    assert_eq!(out.trim(), "hello");
+    let out = f.ctr(&["run", "--rm", name, &id, "sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    assert!(!f.ok(&["containers", "ls", "-q"]).contains(&id));
+}
+
 async fn dead_shim_is_cleaned_up(runtime: &'static str) {
     let f = Fixture::new(runtime).await;
     let id = format!("dead{}", random_id());
@@ -475,6 +495,7 @@ macro_rules! per_runtime {
 }
 
 per_runtime!(
+    run_image_prints_hello,
     ten_containers_survive_sigterm,
     ten_containers_survive_sigkill,
     dead_shim_is_cleaned_up,

@@ -1,0 +1,1385 @@
+//! berth-bench-tasks: containers and tasks, berthd side by side with stock containerd 1.6 on
+//! the same machine, with bare `runc run` as the floor.
+//!
+//! 1. Wall time of `ctr -a SOCK run --rm --rootfs R idN /bin/true` (median of `--runs`):
+//!    berthd + containerd-shim-berth-v2, berthd + the stock containerd-shim-runc-v2,
+//!    containerd + containerd-shim-runc-v2, containerd + containerd-shim-berth-v2 (info), and
+//!    `runc run --bundle B idN` on a bundle from `runc spec` (root R, args /bin/true, terminal
+//!    false, root writable as ctr's spec) as the floor. One untimed warm-up round first; the
+//!    order of the variants rotates every round so drift hits all of them alike.
+//! 2. `--containers` (20) containers started in a row (`ctr run -d ... /bin/sleep 300`), total
+//!    time; after `--idle-ms` the VmRSS / PSS / threads of the shims (the parent of each task's
+//!    init) and the daemon's VmRSS with all of them running, then half of them removed and the
+//!    daemon's VmRSS again with the other half (10) running; then everything is killed and
+//!    removed.
+//!
+//! Targets (issue 5): run --rm <= 0.5x containerd and <= 1.3x bare runc; shim RSS <= 0.2x
+//! containerd-shim-runc-v2.
+//!
+//! Both daemons run in their own temp root/state/socket under `--dir` (containerd with a
+//! generated `version = 2` config, CRI off; the system service is never touched). Containers
+//! use a busybox rootfs (`/bin/busybox` copied, applets symlinked), so no image is needed.
+//! Cleanup, also on error and on SIGINT/SIGTERM: daemons stopped, leftover shims (processes
+//! whose command line names one of our sockets) SIGKILLed, leftover containers removed with
+//! `runc delete --force` in the namespaces' runc roots, mounts under the temp dir detached,
+//! the namespaces' cgroups removed, temp dirs deleted. Daemons get `PR_SET_PDEATHSIG`.
+//!
+//! Run: `cargo run --release -p berth-tests --bin berth-bench-tasks -- [--runs 20]`
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use berth_proto::containerd::services::version::v1::version_client::VersionClient;
+use berth_proto::grpc::health::v1::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+use clap::Parser;
+use tokio::time::timeout;
+
+/// How long a daemon gets from spawn to ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a daemon gets to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one ctr / runc invocation may take.
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one cleanup command may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Runtimes.
+const RUNC_V2: &str = "io.containerd.runc.v2";
+const BERTH_V2: &str = "io.containerd.berth.v2";
+/// Where the shims keep runc's state: the stock shim under containerd's default, ours under
+/// Berth's (`/run/berth/runc/<ns>`), whichever daemon drives them.
+const STOCK_RUNC_ROOT: &str = "/run/containerd/runc";
+const BERTH_RUNC_ROOT: &str = "/run/berth/runc";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "berth-bench-tasks",
+    about = "berthd vs stock containerd 1.6 (+ bare runc): run --rm latency, 20 containers, shim and daemon RSS"
+)]
+struct Args {
+    /// Timed `run --rm` rounds per variant (median reported).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Containers started in a row per variant.
+    #[arg(long, default_value_t = 20)]
+    containers: usize,
+    /// Idle time before reading RSS, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    idle_ms: u64,
+    /// Directory for the daemons' roots, the rootfs and the runc bundle.
+    #[arg(long, default_value = "/var/tmp")]
+    dir: PathBuf,
+    /// berthd binary (default: `berthd` next to this executable; the berth shim is looked up
+    /// next to it).
+    #[arg(long)]
+    berthd: Option<PathBuf>,
+    #[arg(long, default_value = "/usr/bin/containerd")]
+    containerd: PathBuf,
+    #[arg(long, default_value = "/usr/bin/ctr")]
+    ctr: PathBuf,
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+    /// Static busybox for the rootfs (Debian `busybox-static`).
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
+    /// Skip the info variant containerd + containerd-shim-berth-v2.
+    #[arg(long)]
+    no_cross: bool,
+}
+
+impl Args {
+    fn command(&self) -> String {
+        let mut s = format!(
+            "cargo run --release -p berth-tests --bin berth-bench-tasks -- --runs {} \
+             --containers {} --idle-ms {} --dir {}",
+            self.runs,
+            self.containers,
+            self.idle_ms,
+            self.dir.display()
+        );
+        if let Some(b) = &self.berthd {
+            let _ = write!(s, " --berthd {}", b.display());
+        }
+        if self.no_cross {
+            s.push_str(" --no-cross");
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemons
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Berthd,
+    Containerd,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Berthd => "berthd",
+            Kind::Containerd => "containerd",
+        }
+    }
+}
+
+/// containerd plugins that fail or skip on this kind of host, or reach outside the temp root.
+const CONTAINERD_DISABLED: &[&str] = &[
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.internal.v1.opt",
+];
+
+/// One running daemon in its own directory under the bench's base directory.
+struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+    /// Namespace the bench uses on this daemon.
+    ns: String,
+}
+
+impl Daemon {
+    /// Spawns the daemon in `dir` (created) and waits until it answers.
+    async fn start(
+        kind: Kind,
+        bin: &Path,
+        dir: &Path,
+        path_env: &str,
+        ns: String,
+    ) -> Result<Daemon> {
+        std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let root = dir.join("root");
+        let state = dir.join("state");
+        let socket = dir.join("d.sock");
+        let config = dir.join("config.toml");
+        let log = dir.join("log");
+        let mut cmd = Command::new(bin);
+        match kind {
+            Kind::Berthd => {
+                std::fs::write(&config, "").context("write berthd config")?;
+                cmd.arg("--config")
+                    .arg(&config)
+                    .arg("--root")
+                    .arg(&root)
+                    .arg("--state")
+                    .arg(&state)
+                    .arg("--address")
+                    .arg(&socket)
+                    .arg("--log-level")
+                    .arg("warn");
+            }
+            Kind::Containerd => {
+                let disabled = CONTAINERD_DISABLED
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let text = format!(
+                    "version = 2\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = [{disabled}]\n\n\
+                     [grpc]\n  address = {sock:?}\n\n[ttrpc]\n  address = {ttrpc:?}\n\n\
+                     [debug]\n  level = \"warn\"\n",
+                    root = root.display().to_string(),
+                    state = state.display().to_string(),
+                    sock = socket.display().to_string(),
+                    ttrpc = format!("{}.ttrpc", socket.display()),
+                );
+                std::fs::write(&config, text).context("write containerd config")?;
+                cmd.arg("--config").arg(&config);
+            }
+        }
+        let logf = File::create(&log).context("create daemon log")?;
+        cmd.env("PATH", path_env)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().context("dup log fd")?)
+            .stderr(logf);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let mut d = Daemon {
+            child: Some(child),
+            socket,
+            log,
+            ns,
+        };
+        loop {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "{} exited during start-up ({status}); log:\n{}",
+                    kind.name(),
+                    d.log_tail()
+                );
+            }
+            if probe(kind, &d.socket).await {
+                return Ok(d);
+            }
+            if spawned.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "{} not ready within {READY_TIMEOUT:?}; log:\n{}",
+                    kind.name(),
+                    d.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// `ctr -a SOCK -n NS ARGS`.
+    fn ctr(&self, ctr: &Path, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(ctr);
+        c.arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .env_remove("CONTAINERD_NAMESPACE")
+            .env_remove("CONTAINERD_ADDRESS");
+        c
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connects a tonic channel to a unix socket.
+async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+/// Health Check (berthd, SERVING only) or Version (containerd) over a fresh connection.
+async fn probe(kind: Kind, socket: &Path) -> bool {
+    let call = async {
+        let ch = connect(socket).await.ok()?;
+        match kind {
+            Kind::Berthd => {
+                let r = HealthClient::new(ch)
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .ok()?;
+                (r.into_inner().status == ServingStatus::Serving as i32).then_some(())
+            }
+            Kind::Containerd => VersionClient::new(ch).version(()).await.ok().map(|_| ()),
+        }
+    };
+    matches!(timeout(Duration::from_secs(1), call).await, Ok(Some(())))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes, /proc, cleanup
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `cmd` (stdin null, output captured) with a deadline; returns wall time and output.
+async fn exec(cmd: &mut tokio::process::Command, limit: Duration) -> Result<(Duration, Output)> {
+    let what = format!("{:?}", cmd.as_std());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let start = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("spawn {what}"))?;
+    let out = timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow!("{what} did not finish within {limit:?}"))?
+        .with_context(|| format!("wait {what}"))?;
+    Ok((start.elapsed(), out))
+}
+
+/// Like [`exec`], failing unless the command exits 0.
+async fn exec_ok(cmd: &mut tokio::process::Command, limit: Duration) -> Result<(Duration, Output)> {
+    let what = format!("{:?}", cmd.as_std());
+    let (t, out) = exec(cmd, limit).await?;
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok((t, out))
+}
+
+/// Synchronous command with a deadline, for cleanup paths (also run from `Drop`).
+fn run_sync(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().ok(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// A `/proc/<pid>/status` field (kB for Vm*, a count for Threads, a pid for PPid).
+fn proc_status(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .ok_or_else(|| anyhow!("no {field} in {path}"))?;
+    line[field.len() + 1..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("bad {field} line in {path}: {line:?}"))
+}
+
+/// Proportional set size in kB (`/proc/<pid>/smaps_rollup`).
+fn proc_pss(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn proc_cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The file name of a process's executable.
+fn proc_exe_name(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Resident anonymous and file-backed memory (kB) of a process.
+fn proc_rss_split(pid: u32) -> (u64, u64) {
+    (
+        proc_status(pid, "RssAnon").unwrap_or(0),
+        proc_status(pid, "RssFile").unwrap_or(0),
+    )
+}
+
+/// Pids of processes whose command line contains `needle`, except `exclude`.
+fn pids_with_cmdline(needle: &str, exclude: &[u32]) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| *p != me && !exclude.contains(p))
+        .filter(|p| proc_cmdline(*p).contains(needle))
+        .collect()
+}
+
+/// Mount points at or below `dir`, deepest (most recent) first.
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
+        .map(PathBuf::from)
+        .collect();
+    out.reverse();
+    out
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn umount_detach(p: &Path) {
+    if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
+/// Everything that may outlive the daemons: shims, containers, mounts, cgroups. Its `Drop`
+/// removes what is left, best effort and bounded in time.
+struct Leftovers {
+    base: PathBuf,
+    runc: PathBuf,
+    /// Strings found in our shims' command lines (the daemons' sockets).
+    sockets: Vec<String>,
+    /// Pids never to kill here (the daemons; they are stopped by their own `Drop`).
+    daemons: Vec<u32>,
+    /// runc roots holding our containers.
+    runc_roots: Vec<PathBuf>,
+    /// cgroup paths (relative to a controller mount) to remove, parents last.
+    cgroups: Vec<String>,
+}
+
+impl Leftovers {
+    fn shims(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .sockets
+            .iter()
+            .flat_map(|s| pids_with_cmdline(s, &self.daemons))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn clean(&mut self) -> Vec<String> {
+        let mut report = Vec::new();
+        let shims = self.shims();
+        if !shims.is_empty() {
+            report.push(format!("{} shim process(es) SIGKILLed", shims.len()));
+        }
+        for pid in shims {
+            // SAFETY: kill(2) on a process whose command line names our own socket.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        for root in &self.runc_roots {
+            if !root.exists() {
+                continue;
+            }
+            let ids = run_sync(
+                Command::new(&self.runc)
+                    .arg("--root")
+                    .arg(root)
+                    .args(["list", "-q"]),
+                CLEANUP_TIMEOUT,
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+            for id in ids.split_whitespace() {
+                report.push(format!("container {id} deleted from {}", root.display()));
+                let _ = run_sync(
+                    Command::new(&self.runc)
+                        .arg("--root")
+                        .arg(root)
+                        .args(["delete", "--force", id]),
+                    CLEANUP_TIMEOUT,
+                );
+            }
+            let _ = std::fs::remove_dir(root);
+        }
+        for m in mounts_below(&self.base) {
+            report.push(format!("unmounted {}", m.display()));
+            umount_detach(&m);
+        }
+        for cg in &self.cgroups {
+            for ctl in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+            {
+                let _ = std::fs::remove_dir(ctl.path().join(cg.trim_start_matches('/')));
+            }
+        }
+        report
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for line in self.clean() {
+            eprintln!("cleanup: {line}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+/// A busybox root filesystem in `dir/rootfs`.
+fn busybox_rootfs(dir: &Path, busybox: &Path) -> Result<PathBuf> {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "run"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy(busybox, root.join("bin/busybox"))
+        .with_context(|| format!("copy {} (install busybox-static)", busybox.display()))?;
+    std::fs::set_permissions(
+        root.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    for applet in ["sh", "true", "sleep", "echo", "cat", "ls"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    Ok(root)
+}
+
+/// A runc bundle from `runc spec`: root `rootfs` (writable), args /bin/true, no terminal.
+async fn runc_bundle(
+    runc: &Path,
+    dir: &Path,
+    rootfs: &Path,
+    cgroup_parent: &str,
+) -> Result<PathBuf> {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle)?;
+    exec_ok(
+        tokio::process::Command::new(runc)
+            .arg("spec")
+            .current_dir(&bundle),
+        CMD_TIMEOUT,
+    )
+    .await?;
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    spec["root"]["path"] = rootfs.to_string_lossy().into_owned().into();
+    spec["root"]["readonly"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+    spec["process"]["terminal"] = false.into();
+    // Placeholder; every run sets its own path through a copy of the bundle config below.
+    spec["linux"]["cgroupsPath"] = format!("{cgroup_parent}/runc").into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(bundle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------------------------
+
+/// A way of running containers.
+#[derive(Clone, Copy)]
+struct Variant {
+    label: &'static str,
+    tag: &'static str,
+    /// Index into the daemons (0 berthd, 1 containerd); `None` is bare runc.
+    daemon: Option<usize>,
+    runtime: &'static str,
+    info_only: bool,
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant {
+        label: "berthd + berth shim",
+        tag: "bb",
+        daemon: Some(0),
+        runtime: BERTH_V2,
+        info_only: false,
+    },
+    Variant {
+        label: "berthd + runc shim",
+        tag: "br",
+        daemon: Some(0),
+        runtime: RUNC_V2,
+        info_only: false,
+    },
+    Variant {
+        label: "containerd + runc shim",
+        tag: "cr",
+        daemon: Some(1),
+        runtime: RUNC_V2,
+        info_only: false,
+    },
+    Variant {
+        label: "containerd + berth shim",
+        tag: "cb",
+        daemon: Some(1),
+        runtime: BERTH_V2,
+        info_only: true,
+    },
+    Variant {
+        label: "bare runc run",
+        tag: "rc",
+        daemon: None,
+        runtime: "-",
+        info_only: false,
+    },
+];
+
+struct Ctx<'a> {
+    args: &'a Args,
+    daemons: [&'a Daemon; 2],
+    rootfs: String,
+    bundle: PathBuf,
+    runc_root: PathBuf,
+    cgroup_runc: String,
+}
+
+impl Ctx<'_> {
+    /// One `run --rm /bin/true` (or bare `runc run`); wall time.
+    async fn run_rm(&self, v: &Variant, id: &str) -> Result<Duration> {
+        let (t, _) = match v.daemon {
+            Some(i) => {
+                exec_ok(
+                    &mut self.daemons[i].ctr(
+                        &self.args.ctr,
+                        &[
+                            "run",
+                            "--rm",
+                            "--runtime",
+                            v.runtime,
+                            "--rootfs",
+                            &self.rootfs,
+                            id,
+                            "/bin/true",
+                        ],
+                    ),
+                    CMD_TIMEOUT,
+                )
+                .await?
+            }
+            None => {
+                // The cgroup path differs per id, as ctr's /<ns>/<id>: patch it in a copy.
+                let b = self.bundle.join(id);
+                std::fs::create_dir_all(&b)?;
+                let mut spec: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(self.bundle.join("config.json"))?)?;
+                spec["linux"]["cgroupsPath"] = format!("{}/{id}", self.cgroup_runc).into();
+                std::fs::write(b.join("config.json"), serde_json::to_vec(&spec)?)?;
+                let r = exec_ok(
+                    tokio::process::Command::new(&self.args.runc)
+                        .arg("--root")
+                        .arg(&self.runc_root)
+                        .args(["run", "--bundle"])
+                        .arg(&b)
+                        .arg(id),
+                    CMD_TIMEOUT,
+                )
+                .await;
+                let _ = std::fs::remove_dir_all(&b);
+                r?
+            }
+        };
+        Ok(t)
+    }
+}
+
+#[derive(Default)]
+struct StartResult {
+    total: Duration,
+    each: Vec<f64>,
+    shim_rss_first: u64,
+    shim_rss_all: Vec<f64>,
+    shim_pss_first: Option<u64>,
+    shim_threads: u64,
+    shim_comm: String,
+    shim_anon_file: (u64, u64),
+    daemon_rss_before: u64,
+    daemon_rss_all: u64,
+    daemon_rss_half: u64,
+    daemon_threads_all: u64,
+    left_shims: usize,
+}
+
+/// `ctr tasks ls` as id -> pid.
+async fn task_pids(ctx: &Ctx<'_>, d: &Daemon) -> Result<BTreeMap<String, u32>> {
+    let (_, out) = exec_ok(&mut d.ctr(&ctx.args.ctr, &["tasks", "ls"]), CMD_TIMEOUT).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+        })
+        .collect())
+}
+
+async fn remove_containers(ctx: &Ctx<'_>, d: &Daemon, ids: &[String]) -> Result<()> {
+    for id in ids {
+        let _ = exec(
+            &mut d.ctr(&ctx.args.ctr, &["tasks", "kill", "-s", "SIGKILL", id]),
+            CMD_TIMEOUT,
+        )
+        .await;
+        exec_ok(
+            &mut d.ctr(&ctx.args.ctr, &["tasks", "rm", "-f", id]),
+            CMD_TIMEOUT,
+        )
+        .await?;
+        exec_ok(
+            &mut d.ctr(&ctx.args.ctr, &["containers", "rm", id]),
+            CMD_TIMEOUT,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn start_many(ctx: &Ctx<'_>, v: &Variant) -> Result<StartResult> {
+    let d = ctx.daemons[v.daemon.expect("daemon variant")];
+    let n = ctx.args.containers;
+    let idle = Duration::from_millis(ctx.args.idle_ms);
+    let ids: Vec<String> = (0..n).map(|i| format!("d{}-{i}", v.tag)).collect();
+    let mut r = StartResult {
+        daemon_rss_before: proc_status(d.pid(), "VmRSS")?,
+        ..StartResult::default()
+    };
+    let t0 = Instant::now();
+    let mut started = Vec::new();
+    let res: Result<()> = async {
+        for id in &ids {
+            let (t, _) = exec_ok(
+                &mut d.ctr(
+                    &ctx.args.ctr,
+                    &[
+                        "run",
+                        "-d",
+                        "--runtime",
+                        v.runtime,
+                        "--rootfs",
+                        &ctx.rootfs,
+                        id,
+                        "/bin/sleep",
+                        "300",
+                    ],
+                ),
+                CMD_TIMEOUT,
+            )
+            .await?;
+            started.push(id.clone());
+            r.each.push(t.as_secs_f64() * 1e3);
+        }
+        r.total = t0.elapsed();
+        tokio::time::sleep(idle).await;
+        let pids = task_pids(ctx, d).await?;
+        for (k, id) in ids.iter().enumerate() {
+            let pid = *pids
+                .get(id)
+                .ok_or_else(|| anyhow!("task {id} not listed by ctr tasks ls"))?;
+            let shim = proc_status(pid, "PPid")? as u32;
+            let rss = proc_status(shim, "VmRSS")?;
+            if k == 0 {
+                r.shim_rss_first = rss;
+                r.shim_pss_first = proc_pss(shim);
+                r.shim_threads = proc_status(shim, "Threads")?;
+                r.shim_comm = proc_exe_name(shim);
+                r.shim_anon_file = proc_rss_split(shim);
+                ensure!(
+                    proc_cmdline(shim).contains("containerd-shim"),
+                    "parent {shim} of task {id} ({pid}) is not a shim: {}",
+                    proc_cmdline(shim)
+                );
+            }
+            r.shim_rss_all.push(rss as f64);
+        }
+        r.daemon_rss_all = proc_status(d.pid(), "VmRSS")?;
+        r.daemon_threads_all = proc_status(d.pid(), "Threads")?;
+        // Remove half, measure the daemon with the other half running.
+        let half = n / 2;
+        remove_containers(ctx, d, &ids[half..]).await?;
+        started.truncate(half);
+        tokio::time::sleep(idle).await;
+        r.daemon_rss_half = proc_status(d.pid(), "VmRSS")?;
+        Ok(())
+    }
+    .await;
+    let rm = remove_containers(ctx, d, &started).await;
+    res?;
+    rm?;
+    // Shims exit after their task is deleted; count what is left of this daemon's.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = pids_with_cmdline(&d.socket.to_string_lossy(), &[d.pid()]).len();
+        r.left_shims = left;
+        if left == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = ((s.len() - 1) as f64 * p).round() as usize;
+    s[i]
+}
+
+fn verdict(ratio: f64, goal: f64) -> &'static str {
+    if ratio <= goal {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+/// Prints rows as an aligned table; the first column left-aligned, the rest right-aligned.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == 0 {
+                let _ = write!(s, "{c:<width$}  ", width = w[i]);
+            } else {
+                let _ = write!(s, "{c:>width$}  ", width = w[i]);
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    println!(
+        "{}",
+        "-".repeat(w.iter().sum::<usize>() + 2 * (w.len() - 1))
+    );
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn tool_version(bin: &Path, arg: &str) -> String {
+    run_sync(Command::new(bin).arg(arg), Duration::from_secs(10))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn mib(kb: f64) -> String {
+    format!("{:.1}", kb / 1024.0)
+}
+
+async fn run(args: Args) -> Result<()> {
+    ensure!(args.runs > 0, "--runs must be positive");
+    ensure!(args.containers >= 2, "--containers must be at least 2");
+    let berthd = match &args.berthd {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow!("executable has no directory"))?
+            .join("berthd"),
+    };
+    ensure!(
+        berthd.exists(),
+        "{} not found: run `cargo build --release --workspace` or pass --berthd",
+        berthd.display()
+    );
+    let shim_dir = berthd
+        .parent()
+        .ok_or_else(|| anyhow!("berthd has no directory"))?
+        .to_path_buf();
+    ensure!(
+        shim_dir.join("containerd-shim-berth-v2").exists(),
+        "containerd-shim-berth-v2 not found next to {}",
+        berthd.display()
+    );
+    for (p, what) in [
+        (&args.containerd, "containerd (Debian package `containerd`)"),
+        (&args.ctr, "ctr (Debian package `containerd`)"),
+        (&args.busybox, "busybox (Debian package `busybox-static`)"),
+    ] {
+        ensure!(p.exists(), "{} not found: {what}", p.display());
+    }
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "must run as root");
+
+    // containerd finds containerd-shim-berth-v2 and runc on PATH.
+    let path_env = format!(
+        "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        shim_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    std::fs::create_dir_all(&args.dir)?;
+    let base = tempfile::Builder::new()
+        .prefix("bbt-")
+        .tempdir_in(&args.dir)
+        .with_context(|| format!("create temp dir in {}", args.dir.display()))?;
+    let pid = std::process::id();
+    let ns_b = format!("bbt-b-{pid}");
+    let ns_c = format!("bbt-c-{pid}");
+    let cgroup_runc = format!("/bbt-runc-{pid}");
+    let runc_root = base.path().join("runc-root");
+    // Declared after `base` and before the daemons: dropped after the daemons stop, before
+    // the directory goes.
+    let mut leftovers = Leftovers {
+        base: base.path().to_path_buf(),
+        runc: args.runc.clone(),
+        sockets: Vec::new(),
+        daemons: Vec::new(),
+        runc_roots: [STOCK_RUNC_ROOT, BERTH_RUNC_ROOT]
+            .iter()
+            .flat_map(|r| [Path::new(r).join(&ns_b), Path::new(r).join(&ns_c)])
+            .chain([runc_root.clone()])
+            .collect(),
+        cgroups: vec![
+            ns_b.clone(),
+            ns_c.clone(),
+            cgroup_runc.trim_start_matches('/').to_string(),
+        ],
+    };
+
+    let rootfs = busybox_rootfs(base.path(), &args.busybox)?;
+    let bundle = runc_bundle(&args.runc, base.path(), &rootfs, &cgroup_runc).await?;
+
+    println!("berth-bench-tasks: {}", args.command());
+    println!("  berthd:     {}", berthd.display());
+    println!(
+        "  containerd: {}",
+        tool_version(&args.containerd, "--version")
+    );
+    println!("  runc:       {}", tool_version(&args.runc, "--version"));
+    println!("  temp dir:   {}", base.path().display());
+    println!(
+        "  cpus:       {}, load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    );
+
+    let db = Daemon::start(
+        Kind::Berthd,
+        &berthd,
+        &base.path().join("berthd"),
+        &path_env,
+        ns_b,
+    )
+    .await?;
+    leftovers
+        .sockets
+        .push(db.socket.to_string_lossy().into_owned());
+    leftovers.daemons.push(db.pid());
+    let dc = Daemon::start(
+        Kind::Containerd,
+        &args.containerd,
+        &base.path().join("containerd"),
+        &path_env,
+        ns_c,
+    )
+    .await?;
+    leftovers
+        .sockets
+        .push(dc.socket.to_string_lossy().into_owned());
+    leftovers.daemons.push(dc.pid());
+    let idle_rss = [
+        proc_status(db.pid(), "VmRSS")?,
+        proc_status(dc.pid(), "VmRSS")?,
+    ];
+
+    let ctx = Ctx {
+        args: &args,
+        daemons: [&db, &dc],
+        rootfs: rootfs.to_string_lossy().into_owned(),
+        bundle,
+        runc_root,
+        cgroup_runc,
+    };
+    let variants: Vec<Variant> = VARIANTS
+        .iter()
+        .copied()
+        .filter(|v| !(args.no_cross && v.info_only))
+        .collect();
+
+    // 1. run --rm /bin/true.
+    println!(
+        "run --rm /bin/true: 1 warm-up + {} timed rounds, variant order rotating ...",
+        args.runs
+    );
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..=args.runs {
+        let mut line = format!(
+            "  round {round:>2}{}:",
+            if round == 0 { " (warm-up)" } else { "" }
+        );
+        for k in 0..variants.len() {
+            let i = (k + round) % variants.len();
+            let v = &variants[i];
+            let id = format!("rm{}-{round}", v.tag);
+            let t = ctx
+                .run_rm(v, &id)
+                .await
+                .with_context(|| format!("{}: run --rm {id}", v.label))?;
+            let ms = t.as_secs_f64() * 1e3;
+            let _ = write!(line, " {}={ms:.1}", v.tag);
+            if round > 0 {
+                times[i].push(ms);
+            }
+        }
+        println!("{line}");
+    }
+
+    // The client's own share: `ctr version` (Go start-up, connect, one unary call).
+    let mut floor = [Vec::new(), Vec::new()];
+    for _ in 0..args.runs {
+        for (i, d) in [&db, &dc].into_iter().enumerate() {
+            let (t, _) = exec_ok(&mut d.ctr(&args.ctr, &["version"]), CMD_TIMEOUT).await?;
+            floor[i].push(t.as_secs_f64() * 1e3);
+        }
+    }
+
+    // 2. Many containers.
+    let mut starts: Vec<(Variant, StartResult)> = Vec::new();
+    for v in variants.iter().filter(|v| v.daemon.is_some()) {
+        println!("{}: {} containers in a row ...", v.label, args.containers);
+        let r = start_many(&ctx, v)
+            .await
+            .with_context(|| format!("{}: {} containers", v.label, args.containers))?;
+        println!(
+            "  total {:.2} s; shim {} VmRSS {} MiB, {} threads; daemon VmRSS {} MiB",
+            r.total.as_secs_f64(),
+            r.shim_comm,
+            mib(r.shim_rss_first as f64),
+            r.shim_threads,
+            mib(r.daemon_rss_all as f64)
+        );
+        starts.push((*v, r));
+    }
+
+    // Report.
+    let med: Vec<f64> = times.iter().map(|t| median(t)).collect();
+    let find = |tag: &str| variants.iter().position(|v| v.tag == tag);
+    let (ib, ic, ir) = (
+        find("bb").expect("bb"),
+        find("cr").expect("cr"),
+        find("rc").expect("rc"),
+    );
+    println!();
+    println!(
+        "=== run --rm /bin/true: wall time of the command, ms (median of {}) ===",
+        args.runs
+    );
+    let rows: Vec<Vec<String>> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            vec![
+                format!("{}{}", v.label, if v.info_only { " (info)" } else { "" }),
+                format!("{:.1}", med[i]),
+                format!("{:.1}", percentile(&times[i], 0.0)),
+                format!("{:.1}", percentile(&times[i], 0.9)),
+                format!("{:.2}", med[i] / med[ic]),
+                format!("{:.2}", med[i] / med[ir]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "variant",
+            "median",
+            "min",
+            "p90",
+            "/containerd",
+            "/bare runc",
+        ],
+        &rows,
+    );
+
+    println!(
+        "  client floor, `ctr -a SOCK version` (median of {}): berthd {:.1} ms, containerd {:.1} ms",
+        args.runs,
+        median(&floor[0]),
+        median(&floor[1])
+    );
+
+    println!();
+    println!(
+        "=== {} containers in a row (ctr run -d ... /bin/sleep 300), then idle {} ms ===",
+        args.containers, args.idle_ms
+    );
+    let rows: Vec<Vec<String>> = starts
+        .iter()
+        .map(|(v, r)| {
+            vec![
+                format!("{}{}", v.label, if v.info_only { " (info)" } else { "" }),
+                format!("{:.2}", r.total.as_secs_f64()),
+                format!("{:.1}", median(&r.each)),
+                r.shim_comm.clone(),
+                mib(r.shim_rss_first as f64),
+                format!(
+                    "{}/{}",
+                    mib(r.shim_anon_file.0 as f64),
+                    mib(r.shim_anon_file.1 as f64)
+                ),
+                mib(median(&r.shim_rss_all)),
+                r.shim_pss_first.map_or("?".into(), |p| mib(p as f64)),
+                r.shim_threads.to_string(),
+                mib(r.daemon_rss_before as f64),
+                mib(r.daemon_rss_half as f64),
+                mib(r.daemon_rss_all as f64),
+                r.daemon_threads_all.to_string(),
+                r.left_shims.to_string(),
+            ]
+        })
+        .collect();
+    let half = args.containers / 2;
+    let h_half = format!("d.RSS@{half}");
+    let h_all = format!("d.RSS@{}", args.containers);
+    table(
+        &[
+            "variant",
+            "total s",
+            "ms/ctr",
+            "shim binary",
+            "shim RSS",
+            "anon/file",
+            "shim RSS med",
+            "shim PSS",
+            "shim thr",
+            "d.RSS@0",
+            &h_half,
+            &h_all,
+            "d.thr",
+            "shims left",
+        ],
+        &rows,
+    );
+    println!(
+        "  (MiB; shim = parent of the task's init; RSS/PSS/threads of the first container's \
+         shim, anon/file = RssAnon/RssFile of it, 'med' = median VmRSS over all {}; d.RSS@k = daemon VmRSS with k containers running; \
+         daemon idle RSS at start: berthd {} MiB, containerd {} MiB)",
+        args.containers,
+        mib(idle_rss[0] as f64),
+        mib(idle_rss[1] as f64)
+    );
+
+    // Targets.
+    let get = |tag: &str| starts.iter().find(|(v, _)| v.tag == tag).map(|(_, r)| r);
+    let (sb, sc) = (get("bb").expect("bb"), get("cr").expect("cr"));
+    println!();
+    println!("=== targets (issue 5) ===");
+    let r1 = med[ib] / med[ic];
+    let r2 = med[ib] / med[ir];
+    let r3 = sb.shim_rss_first as f64 / sc.shim_rss_first as f64;
+    let rows = vec![
+        vec![
+            "run --rm: berthd+berth shim / containerd+runc shim".into(),
+            format!("{:.1} / {:.1} ms", med[ib], med[ic]),
+            format!("{r1:.2}"),
+            "<= 0.50".into(),
+            verdict(r1, 0.5).into(),
+        ],
+        vec![
+            "run --rm: berthd+berth shim / bare runc run".into(),
+            format!("{:.1} / {:.1} ms", med[ib], med[ir]),
+            format!("{r2:.2}"),
+            "<= 1.30".into(),
+            verdict(r2, 1.3).into(),
+        ],
+        vec![
+            "idle shim VmRSS: berth shim / containerd-shim-runc-v2".into(),
+            format!(
+                "{} / {} MiB",
+                mib(sb.shim_rss_first as f64),
+                mib(sc.shim_rss_first as f64)
+            ),
+            format!("{r3:.3}"),
+            "<= 0.20".into(),
+            verdict(r3, 0.2).into(),
+        ],
+        vec![
+            format!("daemon VmRSS with {half} containers: berthd / containerd"),
+            format!(
+                "{} / {} MiB",
+                mib(sb.daemon_rss_half as f64),
+                mib(sc.daemon_rss_half as f64)
+            ),
+            format!(
+                "{:.3}",
+                sb.daemon_rss_half as f64 / sc.daemon_rss_half as f64
+            ),
+            "(info)".into(),
+            "-".into(),
+        ],
+        vec![
+            format!(
+                "{} in a row: berthd+berth shim / containerd",
+                args.containers
+            ),
+            format!(
+                "{:.2} / {:.2} s",
+                sb.total.as_secs_f64(),
+                sc.total.as_secs_f64()
+            ),
+            format!("{:.2}", sb.total.as_secs_f64() / sc.total.as_secs_f64()),
+            "(info)".into(),
+            "-".into(),
+        ],
+    ];
+    table(
+        &["metric", "berth / reference", "ratio", "target", "result"],
+        &rows,
+    );
+    println!();
+    println!(
+        "ctr run --rm: `{} -a SOCK -n NS run --rm --runtime RT --rootfs {} idN /bin/true`; \
+         bare runc: `{} --root {} run --bundle B/idN idN` (config.json from `runc spec`: root \
+         {} writable, args /bin/true, terminal false, cgroupsPath {}/idN)",
+        args.ctr.display(),
+        ctx.rootfs,
+        args.runc.display(),
+        ctx.runc_root.display(),
+        ctx.rootfs,
+        ctx.cgroup_runc
+    );
+    println!("load average at the end: {}", loadavg());
+    println!("command: {}", args.command());
+    drop(ctx);
+    drop(dc);
+    drop(db);
+    let report = leftovers.clean();
+    if !report.is_empty() {
+        println!("cleanup after the run found leftovers:");
+        for l in report {
+            println!("  {l}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-bench-tasks: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The bench future runs on this (main) thread, so the daemons' PR_SET_PDEATHSIG fires only
+    // when the bench itself dies. Dropping the future on a signal drops the daemons and the
+    // leftover guard: processes stopped, containers and mounts removed, files deleted.
+    let result = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(args) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+            _ = term.recv() => Err(anyhow!("terminated")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-bench-tasks: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -71,6 +71,7 @@ impl Store {
         for dir in [inner.blobs_dir(), inner.ingest_root()] {
             fs::create_dir_all(&dir).ctx("create directory", &dir)?;
         }
+        remove_broken_ingests(&inner.ingest_root());
         Ok(Store {
             inner: Arc::new(inner),
         })
@@ -313,4 +314,24 @@ pub(crate) fn read_status(dir: &Path) -> Result<Option<Status>> {
         started_at,
         updated_at,
     }))
+}
+
+/// Removes ingest directories a crash left half-created (no `ref` or no
+/// `data`): nothing can resume them and no status lists them, so nothing
+/// else would ever clean them up. Runs at open, before any writer exists.
+fn remove_broken_ingests(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        // Only what is certainly incomplete; a read error is left alone.
+        if !dir.is_dir() || !matches!(read_status(&dir), Ok(None)) {
+            continue;
+        }
+        tracing::info!(dir = %dir.display(), "removing half-created ingest");
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove half-created ingest");
+        }
+    }
 }

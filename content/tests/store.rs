@@ -744,3 +744,33 @@ fn io_write_adapter() {
     std::io::copy(&mut &data[..], &mut w).unwrap();
     assert_eq!(w.commit(70_000, Some(d)).unwrap(), d);
 }
+
+#[test]
+fn half_created_ingests_are_removed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    // A complete, interrupted ingest...
+    let mut w = store
+        .writer(WriterOpts {
+            reference: "kept".into(),
+            ..Default::default()
+        })
+        .expect("writer");
+    w.write(b"partial").expect("write");
+    drop(w);
+    // ...and one a crash left without its data file.
+    let broken = dir.path().join("ingest").join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(broken.join("ref"), "broken").expect("ref");
+    drop(store);
+
+    let store = Store::open(dir.path()).expect("reopen");
+    assert!(!broken.exists(), "half-created ingest survived reopen");
+    let refs: Vec<String> = store
+        .list_statuses()
+        .expect("statuses")
+        .into_iter()
+        .map(|s| s.reference)
+        .collect();
+    assert_eq!(refs, ["kept"]);
+}

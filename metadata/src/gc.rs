@@ -502,14 +502,14 @@ fn references<R: ReadTxn + ?Sized>(tx: &R, n: &Node, out: &mut Vec<Node>) -> Res
                 label_refs(&n.ns, &c.labels, out);
             }
         }
-        // Leases' resources are roots already; images get their edges when
-        // their records exist.
+        // An image holds its target and what its labels name.
         ResourceKind::Image => {
             if let Some((target, labels)) = crate::images::gc_edges(tx, &n.ns, &n.key)? {
                 out.push(node(ResourceKind::Content, &n.ns, target));
                 label_refs(&n.ns, &labels, out);
             }
         }
+        // A lease's resources are roots already.
         ResourceKind::Lease => {}
     }
     Ok(())

@@ -503,6 +503,21 @@ struct Leftovers {
     runc_roots: Vec<PathBuf>,
     /// cgroup paths (relative to a controller mount) to remove, parents last.
     cgroups: Vec<String>,
+    /// Shim sockets our containers may have left (a SIGKILLed shim cannot remove its own).
+    shim_sockets: Vec<PathBuf>,
+}
+
+/// Where a shim v2 for container `id` in `ns` of the daemon at `address` listens: containerd's
+/// rule (`sha256(<address>/<ns>/<id>)` under `/run/containerd/s`), which Berth's shim follows
+/// under `/run/berth/s`.
+fn shim_socket_candidates(address: &Path, ns: &str, id: &str) -> [PathBuf; 2] {
+    use sha2::Digest as _;
+    let key = address.join(ns).join(id);
+    let h = hex::encode(sha2::Sha256::digest(key.as_os_str().as_encoded_bytes()));
+    [
+        Path::new("/run/containerd/s").join(&h),
+        Path::new("/run/berth/s").join(&h),
+    ]
 }
 
 impl Leftovers {
@@ -553,6 +568,17 @@ impl Leftovers {
                 );
             }
             let _ = std::fs::remove_dir(root);
+        }
+        let stale: Vec<&PathBuf> = self
+            .shim_sockets
+            .iter()
+            .filter(|p| std::fs::symlink_metadata(p).is_ok())
+            .collect();
+        if !stale.is_empty() {
+            report.push(format!("{} stale shim socket(s) removed", stale.len()));
+        }
+        for p in stale {
+            let _ = std::fs::remove_file(p);
         }
         for m in mounts_below(&self.base) {
             report.push(format!("unmounted {}", m.display()));
@@ -1033,6 +1059,7 @@ async fn run(args: Args) -> Result<()> {
             ns_c.clone(),
             cgroup_runc.trim_start_matches('/').to_string(),
         ],
+        shim_sockets: Vec::new(),
     };
 
     let rootfs = busybox_rootfs(base.path(), &args.busybox)?;
@@ -1076,6 +1103,19 @@ async fn run(args: Args) -> Result<()> {
         .sockets
         .push(dc.socket.to_string_lossy().into_owned());
     leftovers.daemons.push(dc.pid());
+    // Every container id this run may use, on either daemon.
+    for d in [&db, &dc] {
+        for v in VARIANTS {
+            let ids = (0..=args.runs)
+                .map(|r| format!("rm{}-{r}", v.tag))
+                .chain((0..args.containers).map(|i| format!("d{}-{i}", v.tag)));
+            for id in ids {
+                leftovers
+                    .shim_sockets
+                    .extend(shim_socket_candidates(&d.socket, &d.ns, &id));
+            }
+        }
+    }
     let idle_rss = [
         proc_status(db.pid(), "VmRSS")?,
         proc_status(dc.pid(), "VmRSS")?,

@@ -1,6 +1,7 @@
-//! The native backend (containerd's `native`): every snapshot is a full
-//! copy of its parent in `<root>/snapshots/<id>`, handed out as a bind
-//! mount (`rw` for active, `ro` for views). Works on any filesystem.
+//! The native backend (containerd's `native`): every active snapshot is a
+//! full copy of its parent in `<root>/snapshots/<id>`, handed out as a `rw`
+//! bind mount; a view of a parent is a read-only bind of the parent itself
+//! (no copy). Works on any filesystem.
 //!
 //! The copy preserves file types, modes, owners, times, extended attributes
 //! and hard links (see [`crate::fsutil::copy_tree`]); it runs before the
@@ -34,9 +35,15 @@ impl NativeSnapshotter {
 
     fn mounts_for(&self, s: &Snapshot) -> Vec<Mount> {
         let ro = if s.kind == Kind::View { "ro" } else { "rw" };
+        // A view of a committed parent is that parent, read-only (as
+        // containerd's native snapshotter): no copy.
+        let id = match (s.kind, s.parent_ids.first()) {
+            (Kind::View, Some(parent)) => parent,
+            _ => &s.id,
+        };
         vec![Mount {
             kind: "bind".into(),
-            source: self.dir(&s.id).to_string_lossy().into_owned(),
+            source: self.dir(id).to_string_lossy().into_owned(),
             options: vec!["rbind".into(), ro.into()],
         }]
     }
@@ -58,8 +65,8 @@ impl NativeSnapshotter {
             }
         };
         match &parent_id {
-            Some(id) => fsutil::copy_tree(&self.dir(id), &staged.path)?,
-            None => std::fs::set_permissions(
+            Some(id) if kind != Kind::View => fsutil::copy_tree(&self.dir(id), &staged.path)?,
+            _ => std::fs::set_permissions(
                 &staged.path,
                 std::os::unix::fs::PermissionsExt::from_mode(0o755),
             )

@@ -1001,6 +1001,12 @@ fn binary_info(bin: &Path) -> String {
                 |a| format!("{:.0} min", a.as_secs_f64() / 60.0),
             );
         let _ = write!(s, " ({:.1} MB, built {age} ago", md.len() as f64 / 1e6);
+        // The workspace HEAD says something only for a binary built in this workspace.
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let in_workspace = std::fs::canonicalize(bin).is_ok_and(|b| b.starts_with(&workspace));
         let head = Command::new("git")
             .args([
                 "-C",
@@ -1015,7 +1021,7 @@ fn binary_info(bin: &Path) -> String {
             .ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        if !head.is_empty() {
+        if in_workspace && !head.is_empty() {
             let head: String = head.chars().take(60).collect();
             let _ = write!(s, "; workspace HEAD {head}");
         }

@@ -126,6 +126,9 @@ pub struct RunOptions {
     pub readonly_rootfs: bool,
     /// Give the process a terminal (and `TERM=xterm` unless set).
     pub terminal: bool,
+    /// The terminal's initial size as (width, height), so the process sees it from its
+    /// first instruction (a later `ResizePty` races with it).
+    pub console_size: Option<(u32, u32)>,
     /// Allow the process to gain privileges (turns off `noNewPrivileges`).
     pub new_privileges: bool,
     pub annotations: BTreeMap<String, String>,
@@ -153,6 +156,8 @@ pub struct ExecOptions {
     /// Numeric `uid[:gid]` (names would need the rootfs).
     pub user: Option<String>,
     pub terminal: bool,
+    /// The terminal's initial size as (width, height).
+    pub console_size: Option<(u32, u32)>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -333,6 +338,15 @@ fn set_user(process: &mut Process, u: user::User) {
     process.set_user(spec_user);
 }
 
+fn console_box(size: Option<(u32, u32)>) -> Option<oci_spec::runtime::Box> {
+    let (width, height) = size.filter(|&(w, h)| w > 0 && h > 0)?;
+    oci_spec::runtime::BoxBuilder::default()
+        .width(u64::from(width))
+        .height(u64::from(height))
+        .build()
+        .ok()
+}
+
 fn host_hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -418,6 +432,7 @@ pub fn generate(image: &ImageConfig, opts: &RunOptions) -> Result<Spec> {
     set_user(process, resolved);
     if opts.terminal {
         process.set_terminal(Some(true));
+        process.set_console_size(console_box(opts.console_size));
     }
     if opts.new_privileges {
         process.set_no_new_privileges(Some(false));
@@ -482,7 +497,11 @@ pub fn exec_process(spec: &Spec, opts: &ExecOptions) -> Result<Process> {
     let mut p = spec.process().clone().unwrap_or_default();
     p.set_args(Some(opts.args.clone()))
         .set_terminal(opts.terminal.then_some(true))
-        .set_console_size(None);
+        .set_console_size(
+            opts.terminal
+                .then(|| console_box(opts.console_size))
+                .flatten(),
+        );
     let mut env = replace_or_append_env(p.env().as_deref().unwrap_or(&[]), &opts.env);
     if opts.terminal && !has_key(&env, "TERM") {
         env.push("TERM=xterm".to_string());

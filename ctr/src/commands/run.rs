@@ -680,6 +680,7 @@ async fn create(
         mounts: i.extra_mounts,
         readonly_rootfs: a.read_only,
         terminal: a.tty,
+        console_size: a.tty.then(stdio::terminal_size).flatten(),
         new_privileges: false,
         annotations: BTreeMap::new(),
     };

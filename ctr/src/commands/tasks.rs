@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(short, long, default_value = "SIGTERM")]
         signal: String,
         /// Signal every process of the task.
-        #[arg(short, long)]
+        #[arg(long)]
         all: bool,
         /// Signal this exec process instead of the init process.
         #[arg(long)]
@@ -338,6 +338,7 @@ pub(super) async fn start(
         None
     };
     let copies = (!t.detach).then(|| stdio::copy(&paths));
+    let _held = t.detach.then(|| stdio::hold(&paths));
     let fail = |fifos: Option<Fifos>| {
         stdio::unblock(&paths);
         if let Some(f) = fifos {
@@ -426,6 +427,7 @@ async fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<Option<u32>> {
             cwd: a.cwd,
             user: a.user,
             terminal: a.tty,
+            console_size: a.tty.then(stdio::terminal_size).flatten(),
         },
     )
     .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
@@ -445,6 +447,7 @@ async fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<Option<u32>> {
         None
     };
     let copies = (!a.detach).then(|| stdio::copy(&paths));
+    let _held = a.detach.then(|| stdio::hold(&paths));
     let cleanup = |fifos: Option<Fifos>| {
         stdio::unblock(&paths);
         if let Some(f) = fifos {
@@ -743,6 +746,13 @@ pub(super) fn parse_signal(s: &str) -> anyhow::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        // Catches clashes with the global flags (-a, -n) in every command.
+        use clap::CommandFactory;
+        crate::Cli::command().debug_assert();
+    }
 
     #[test]
     fn signals() {

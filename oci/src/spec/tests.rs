@@ -271,9 +271,14 @@ fn env_merges_over_the_image_and_the_default_path() {
     // A terminal adds TERM unless set; a hostname adds HOSTNAME unless set.
     let mut o = opts();
     o.terminal = true;
+    o.console_size = Some((100, 30));
     o.hostname = Some("box".into());
     let v = check(&busybox(), &o);
     assert_eq!(v["process"]["terminal"], true);
+    assert_eq!(
+        v["process"]["consoleSize"],
+        json!({"height": 30, "width": 100})
+    );
     assert_eq!(v["hostname"], "box");
     assert_eq!(
         strs(&v["process"]["env"]),
@@ -413,6 +418,7 @@ fn exec_derives_from_the_container_process() {
             args: vec!["ps".into()],
             env: vec!["B=2".into()],
             terminal: true,
+            console_size: Some((80, 24)),
             user: Some("5:6".into()),
             ..ExecOptions::default()
         },
@@ -421,6 +427,7 @@ fn exec_derives_from_the_container_process() {
     let v: Value = serde_json::from_slice(&to_json(&p)).unwrap();
     assert_eq!(v["args"], json!(["ps"]));
     assert_eq!(v["terminal"], true);
+    assert_eq!(v["consoleSize"], json!({"height": 24, "width": 80}));
     assert_eq!(v["cwd"], "/srv");
     assert_eq!(strs(&v["env"]), ["PATH=/bin", "A=1", "B=2", "TERM=xterm"]);
     assert_eq!(

@@ -212,6 +212,28 @@ impl Copies {
     }
 }
 
+/// Output FIFO ends held open while a detached process is created and started: a shim that
+/// opens its output FIFOs write-only (the stock runc shim does, and keeps a read end of its own
+/// from then on) finds a reader. Opened read-write, so opening never blocks.
+pub struct Held(#[allow(dead_code)] Vec<File>);
+
+pub fn hold(paths: &Paths) -> Held {
+    Held(
+        [&paths.stdout, &paths.stderr]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(p)
+                    .ok()
+            })
+            .collect(),
+    )
+}
+
 /// Unblocks copy threads still waiting in `open` of FIFOs that no shim will open (e.g. after
 /// a failed create), by opening the other ends once.
 pub fn unblock(paths: &Paths) {

@@ -155,6 +155,21 @@ impl RuntimeManager {
             Err(e) => {
                 let status = shim::to_status(e);
                 shim.kill_and_cleanup(ns).await;
+                // The shim may not have answered (e.g. a timeout mid-create):
+                // `<shim> delete` force-deletes whatever the runtime created.
+                if let Err(e) = shim::run_delete(
+                    ns,
+                    id,
+                    &bundle,
+                    &self.grpc_address,
+                    &self.ttrpc_address,
+                    SHIM_START_TIMEOUT,
+                )
+                .await
+                {
+                    tracing::debug!(namespace = %ns, id = %id, error = %e.message(), "shim delete after failed create");
+                }
+                shim::remove_bundle(&bundle).await;
                 Err(status)
             }
         }

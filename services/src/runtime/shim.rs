@@ -335,8 +335,8 @@ impl Shim {
         }
     }
 
-    /// Undoes a half-created task: kill, delete, shut the shim down,
-    /// remove the bundle.
+    /// Undoes a half-created task as far as the shim still answers: kill,
+    /// delete, shut the shim down.
     pub async fn kill_and_cleanup(&self, ns: &str) {
         let _ = self
             .client
@@ -362,7 +362,6 @@ impl Shim {
             })
             .await;
         tracing::debug!(namespace = %ns, id = %self.id, "undid failed task create");
-        remove_bundle(&self.bundle).await;
     }
 }
 

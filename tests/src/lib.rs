@@ -870,3 +870,21 @@ pub fn failure(out: &Output, what: &str) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A busybox root filesystem in `dir/rootfs` (the host's `/bin/busybox`,
+/// from Debian's busybox-static, plus applet links), for `ctr run --rootfs`
+/// and bind-mounted task roots.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "run"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("copy /bin/busybox (install busybox-static)");
+    for applet in [
+        "sh", "echo", "sleep", "true", "cat", "ls", "ps", "hostname", "grep", "wc",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    root
+}

@@ -9,25 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_tests::{ctr, failure, random_id, success, Daemon};
+use berth_tests::{busybox_rootfs, ctr, failure, random_id, success, Daemon};
 
 const SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
-
-/// A busybox root filesystem in `dir/rootfs`.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "run"] {
-        std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs");
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("copy /bin/busybox (install busybox-static)");
-    for applet in [
-        "sh", "echo", "sleep", "true", "cat", "ls", "ps", "hostname", "grep", "wc",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
-    }
-    root
-}
 
 const RUNC_V2: &str = "io.containerd.runc.v2";
 const BERTH_V2: &str = "io.containerd.berth.v2";

@@ -13,24 +13,11 @@ use berth_proto::containerd::services::tasks::v1::{
     tasks_client::TasksClient, CreateTaskRequest, DeleteTaskRequest, StartRequest, WaitRequest,
 };
 use berth_proto::containerd::types::Mount;
-use berth_tests::{expect_code, random_id, Ctx, Daemon, Svc};
+use berth_tests::{busybox_rootfs, expect_code, random_id, Ctx, Daemon, Svc};
 use prost::Message;
 use tonic::Code;
 
 const SPEC_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-
-/// A busybox root filesystem in `dir/rootfs`.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs");
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "echo", "hostname", "true", "cat"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
-    }
-    root
-}
 
 struct Env {
     d: Daemon,

@@ -1,9 +1,10 @@
 //! What the directory-per-snapshot backends share: the root layout
-//! (`<root>/metadata.db`, `<root>/snapshots/<id>`), staging of new snapshot
-//! directories, and the operations that only touch metadata.
+//! (`<root>/metadata.db`, `<root>/<dir>/<id>`, where `<dir>` is `snapshots`
+//! or aufs's `diff`), staging of new snapshot directories, and the
+//! operations that only touch metadata.
 //!
 //! Crash safety, as containerd: a new snapshot is built in
-//! `snapshots/new-XXXXXX` and renamed to its id inside the write transaction
+//! `<dir>/new-XXXXXX` and renamed to its id inside the write transaction
 //! that records it; a removed snapshot's directory is deleted after its
 //! record is gone. Ids are never reused, so any directory that no record
 //! owns (and no in-flight staging claims) is garbage for `cleanup`.
@@ -20,6 +21,8 @@ use crate::{Error, Info, Kind, Labels, Result, Usage};
 
 pub(crate) struct Base {
     root: PathBuf,
+    /// Name of the directory under `root` holding one directory per snapshot.
+    dir: &'static str,
     pub(crate) ms: MetaStore,
     /// Names of staging directories being built by this process.
     staging: Mutex<HashSet<OsString>>,
@@ -46,18 +49,24 @@ impl Drop for Staged<'_> {
 
 impl Base {
     pub(crate) fn open(root: &Path) -> Result<Base> {
+        Base::open_in(root, "snapshots")
+    }
+
+    /// Opens a root whose snapshot directories live in `<root>/<dir>`.
+    pub(crate) fn open_in(root: &Path, dir: &'static str) -> Result<Base> {
         if !root.exists() {
             fs::create_dir_all(root).map_err(|e| Error::io("mkdir", root, e))?;
             fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .map_err(|e| Error::io("chmod", root, e))?;
         }
-        let snapshots = root.join("snapshots");
+        let snapshots = root.join(dir);
         if !snapshots.exists() {
             fsutil::mkdir_mode(&snapshots, 0o700)?;
         }
         let ms = MetaStore::open(&root.join("metadata.db"))?;
         Ok(Base {
             root: root.to_path_buf(),
+            dir,
             ms,
             staging: Mutex::new(HashSet::new()),
         })
@@ -69,14 +78,18 @@ impl Base {
     }
 
     pub(crate) fn snapshots_dir(&self) -> PathBuf {
-        self.root.join("snapshots")
+        self.root.join(self.dir)
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
     }
 
     pub(crate) fn snapshot_dir(&self, id: &str) -> PathBuf {
         self.snapshots_dir().join(id)
     }
 
-    /// Creates a staging directory `snapshots/new-XXXXXX` (mode 0700).
+    /// Creates a staging directory `<dir>/new-XXXXXX` (mode 0700).
     pub(crate) fn stage(&self) -> Result<Staged<'_>> {
         let mut set = self.staging();
         let path = fsutil::mkdtemp_in(&self.snapshots_dir(), "new-")?;
@@ -194,7 +207,7 @@ impl Base {
         Ok(())
     }
 
-    /// Removes directories under `snapshots/` that no record owns and no
+    /// Removes directories under `<dir>/` that no record owns and no
     /// in-flight operation is staging.
     pub(crate) fn cleanup(&self) -> Result<()> {
         // A write transaction keeps creations (which rename inside theirs)

@@ -10,6 +10,8 @@
 //! - [`overlay::OverlaySnapshotter`] (`overlayfs`) and
 //!   [`native::NativeSnapshotter`] (`native`): the backends, each
 //!   `new(root)`; they share the root layout in `base` (private).
+//! - [`aufs::AufsSnapshotter`] (`aufs`): AUFS branches with whiteout files,
+//!   mounted by kernel aufs or the `berth-aufs` FUSE union.
 //! - [`storage`]: a backend's transactional metadata (redb `metadata.db`).
 //! - [`mount`]: apply and undo [`Mount`] lists (long overlay lowerdirs too).
 //! - [`fsutil`]: disk usage, faithful tree copy, xattrs.
@@ -21,6 +23,7 @@
 //! daemon's metadata store; keys here are whatever the caller (the metadata
 //! layer) chooses. Everything is synchronous and blocking.
 
+pub mod aufs;
 mod base;
 mod error;
 pub mod fsutil;
@@ -30,6 +33,7 @@ pub mod overlay;
 pub mod storage;
 pub mod testsuite;
 
+pub use aufs::AufsSnapshotter;
 pub use error::{Error, Result};
 pub use mount::{mount_all, unmount, unmount_all, MountGuard};
 pub use native::NativeSnapshotter;

@@ -34,6 +34,8 @@ pub struct DiffStats {
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// Prefix of aufs's metadata names in a branch, the opaque marker aside.
+const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
 const OUT_BUFFER: usize = 256 << 10;
 
 /// Writes to `out` a layer tar of the changes that turn the tree `lower`
@@ -58,7 +60,8 @@ pub fn write_overlay_upper_diff(upper: &Path, out: impl Write) -> Result<DiffSta
 }
 
 /// Writes a directory as a layer as it is (an aufs-style branch, whose
-/// whiteout files are ordinary files).
+/// whiteout files are ordinary files); aufs's metadata entries
+/// (`.wh..wh.plnk`, `.wh..wh.aufs`, ...) are left out.
 pub fn write_tree(dir: &Path, out: impl Write) -> Result<DiffStats> {
     let mut w = LayerWriter::new(out);
     w.walk(dir, b"", false)?;
@@ -188,6 +191,11 @@ impl<W: Write> LayerWriter<W> {
     /// whiteouts and opaque directories).
     fn walk(&mut self, dir: &Path, rel: &[u8], overlay: bool) -> Result<()> {
         for name in sorted_names(dir)? {
+            let bytes = name.as_bytes();
+            if !overlay && bytes.starts_with(AUFS_META_PREFIX) && bytes != OPAQUE_MARKER {
+                // aufs's own bookkeeping (.wh..wh.plnk, .wh..wh.aufs, ...).
+                continue;
+            }
             let abs = dir.join(&name);
             let child = join(rel, name.as_bytes());
             let st = lstat(&abs)?;

@@ -7,7 +7,10 @@
 //! a single writable bind mount is applied to its source directory (what a
 //! temporary bind mount would expose); anything else is mounted on a
 //! temporary directory under `scratch` and applied there with whiteouts
-//! carried out as deletions.
+//! carried out as deletions. An aufs union (kernel `aufs` or Berth's FUSE
+//! union) is applied to its writable branch directly, keeping the whiteout
+//! files as they are; and the diff of an aufs mount over the mounts of its
+//! own lower branches is its top branch packed as it is.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -57,6 +60,16 @@ fn has_option(m: &Mount, word: &str) -> bool {
 }
 
 fn target_of(mounts: &[Mount]) -> Target {
+    if let [m] = mounts {
+        if let Some(branches) = berth_snapshotter::aufs::branches(m) {
+            return match branches.first() {
+                Some((rw, true)) if !has_option(m, "ro") => {
+                    Target::Dir(rw.clone(), WhiteoutMode::Keep)
+                }
+                _ => Target::TempMount,
+            };
+        }
+    }
     match mounts {
         [m] if m.kind == "overlay" => match option(m, "upperdir") {
             Some(upper) => Target::Dir(PathBuf::from(upper), WhiteoutMode::Overlay),
@@ -223,6 +236,9 @@ pub fn diff_mounts(
     compression: Compression,
     out: impl Write,
 ) -> Result<Written> {
+    if let Some(branch) = aufs_top_branch(lower, upper) {
+        return write_branch(&branch, compression, out);
+    }
     let lower_tm = if lower.is_empty() {
         None
     } else {
@@ -246,6 +262,33 @@ pub fn diff_mounts(
     written
 }
 
+/// The top branch of `upper` when `upper` is an aufs union whose other
+/// branches are exactly what `lower` shows (an aufs union, a bind of one
+/// branch, or nothing): that branch is then the whole diff.
+fn aufs_top_branch(lower: &[Mount], upper: &[Mount]) -> Option<PathBuf> {
+    let [up] = upper else { return None };
+    let mut branches = berth_snapshotter::aufs::branches(up)?.into_iter();
+    let (top, _) = branches.next()?;
+    let rest: Vec<PathBuf> = branches.map(|(dir, _)| dir).collect();
+    let below: Vec<PathBuf> = match lower {
+        [] => Vec::new(),
+        [m] => match berth_snapshotter::aufs::branches(m) {
+            Some(b) => b.into_iter().map(|(dir, _)| dir).collect(),
+            None if m.kind == "bind" => vec![PathBuf::from(&m.source)],
+            None => return None,
+        },
+        _ => return None,
+    };
+    (rest == below).then_some(top)
+}
+
+/// Writes an aufs branch (its whiteout files included) as a layer.
+fn write_branch(branch: &Path, compression: Compression, out: impl Write) -> Result<Written> {
+    write_layer_with(branch, compression, out, |dir, w| {
+        berth_archive::write_tree(dir, w).map(drop)
+    })
+}
+
 /// Writes the changes from directory `lower` to directory `upper`.
 pub fn write_diff_dirs(
     lower: &Path,
@@ -253,21 +296,33 @@ pub fn write_diff_dirs(
     compression: Compression,
     out: impl Write,
 ) -> Result<Written> {
+    write_layer_with(upper, compression, out, |upper, w| {
+        berth_archive::write_diff(lower, upper, w).map(drop)
+    })
+}
+
+/// Runs `write` (a tar writer over `dir`) into `out` through `compression`,
+/// digesting both sides.
+fn write_layer_with(
+    dir: &Path,
+    compression: Compression,
+    out: impl Write,
+    write: impl FnOnce(&Path, &mut dyn Write) -> berth_archive::Result<()>,
+) -> Result<Written> {
     let mut outer = DigestWriter::new(out);
     let (uncompressed, uncompressed_size) = {
         let cw = CompressWriter::new(&mut outer, compression)
-            .map_err(|e| Error::io("start compression", upper, e))?;
+            .map_err(|e| Error::io("start compression", dir, e))?;
         let mut inner = DigestWriter::new(cw);
-        berth_archive::write_diff(lower, upper, &mut inner)
-            .map_err(|e| Error::archive("write diff", e))?;
+        write(dir, &mut inner).map_err(|e| Error::archive("write diff", e))?;
         let (d, n) = (inner.digest(), inner.count());
         inner
             .into_inner()
             .finish()
-            .map_err(|e| Error::io("finish compression", upper, e))?;
+            .map_err(|e| Error::io("finish compression", dir, e))?;
         (d, n)
     };
-    outer.flush().map_err(|e| Error::io("flush", upper, e))?;
+    outer.flush().map_err(|e| Error::io("flush", dir, e))?;
     Ok(Written {
         digest: outer.digest(),
         size: outer.count(),
@@ -301,6 +356,44 @@ mod tests {
             source: source.into(),
             options: options.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn aufs_fast_paths() {
+        let fuse = berth_snapshotter::aufs::FUSE_TYPE;
+        let active = m(
+            fuse,
+            "berth-aufs",
+            &["br=/d/3=rw:/d/2=ro+wh:/d/1=ro+wh", "rw"],
+        );
+        assert_eq!(
+            target_of(std::slice::from_ref(&active)),
+            Target::Dir("/d/3".into(), WhiteoutMode::Keep)
+        );
+        let view = m(fuse, "berth-aufs", &["br=/d/2=ro+wh:/d/1=ro+wh", "ro"]);
+        assert_eq!(target_of(std::slice::from_ref(&view)), Target::TempMount);
+        // The diff over the parent's own view is the top branch.
+        assert_eq!(
+            aufs_top_branch(std::slice::from_ref(&view), std::slice::from_ref(&active)),
+            Some("/d/3".into())
+        );
+        let one = m(fuse, "berth-aufs", &["br=/d/3=rw:/d/2=ro+wh", "rw"]);
+        let bind = m("bind", "/d/2", &["ro", "rbind"]);
+        assert_eq!(
+            aufs_top_branch(std::slice::from_ref(&bind), std::slice::from_ref(&one)),
+            Some("/d/3".into())
+        );
+        // Anything else is diffed over the mounts.
+        assert_eq!(aufs_top_branch(&[], std::slice::from_ref(&one)), None);
+        let other = m("bind", "/elsewhere", &["ro", "rbind"]);
+        assert_eq!(
+            aufs_top_branch(std::slice::from_ref(&other), std::slice::from_ref(&one)),
+            None
+        );
+        assert_eq!(
+            aufs_top_branch(std::slice::from_ref(&bind), std::slice::from_ref(&bind)),
+            None
+        );
     }
 
     #[test]

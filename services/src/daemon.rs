@@ -201,7 +201,7 @@ fn start_snapshotters(
     db: &berth_metadata::Db,
 ) -> anyhow::Result<Vec<SnapshotterStatus>> {
     type Ctor = fn(&Path) -> berth_snapshotter::Result<Arc<dyn berth_snapshotter::Snapshotter>>;
-    let backends: [(&'static str, Ctor); 2] = [
+    let backends: [(&'static str, Ctor); 3] = [
         ("overlayfs", |p| {
             Ok(Arc::new(
                 berth_snapshotter::overlay::OverlaySnapshotter::new(p)?,
@@ -211,6 +211,9 @@ fn start_snapshotters(
             Ok(Arc::new(berth_snapshotter::native::NativeSnapshotter::new(
                 p,
             )?))
+        }),
+        ("aufs", |p| {
+            Ok(Arc::new(berth_snapshotter::aufs::AufsSnapshotter::new(p)?))
         }),
     ];
     let mut out = Vec::new();

@@ -98,10 +98,33 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    path_with_own_dir();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(daemon::run(config))
+}
+
+/// Puts berthd's own directory first on `PATH`: Berth's helper binaries
+/// ship next to it, and some are found by name by other programs, e.g.
+/// `berth-aufs` by the FUSE mount helper, here and in the shims berthd
+/// starts (which inherit the environment). Runs before any thread exists.
+fn path_with_own_dir() {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+    else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == dir) {
+        return;
+    }
+    if let Ok(joined) =
+        std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&path)))
+    {
+        std::env::set_var("PATH", joined);
+    }
 }
 
 fn effective_config(cli: &Cli) -> anyhow::Result<Config> {

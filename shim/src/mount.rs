@@ -6,6 +6,7 @@ use berth_proto::containerd::types::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::{Error, Result};
+use crate::reaper::Reaper;
 
 /// Splits mount options into flags and the filesystem's data string.
 fn parse_options(options: &[String]) -> (MsFlags, String) {
@@ -49,8 +50,56 @@ fn parse_options(options: &[String]) -> (MsFlags, String) {
     (flags, data.join(","))
 }
 
-/// Mounts `m` on `target`.
-pub fn mount_one(m: &Mount, target: &Path) -> Result<()> {
+/// The FUSE mount helper binary and the type prefix it serves, as
+/// containerd's `allowedHelperBinaries`.
+const FUSE_HELPERS: [(&str, &str); 2] = [("mount.fuse", "fuse."), ("mount.fuse3", "fuse3.")];
+
+/// Mounts `m` through the FUSE mount helper (`mount.fuse3 SOURCE TARGET -o OPT... -t TYPE`,
+/// containerd's arguments), which starts the userspace filesystem (e.g. `berth-aufs`). The
+/// helper runs through the reaper, the only one allowed to wait for the shim's children.
+async fn mount_with_helper(
+    m: &Mount,
+    helper: &str,
+    prefix: &str,
+    target: &Path,
+    reaper: &Reaper,
+) -> Result<()> {
+    let mut cmd = std::process::Command::new(helper);
+    cmd.arg(&m.source).arg(target);
+    for o in &m.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg("-t").arg(&m.r#type[prefix.len()..]);
+    let what = || format!("mount {} ({}) on {}", m.source, m.r#type, target.display());
+    let out = reaper
+        .output(&mut cmd, None)
+        .await
+        .map_err(|e| Error::io(format!("{}: run {helper}", what()), e))?;
+    if out.status != 0 {
+        return Err(Error::io(
+            what(),
+            std::io::Error::other(format!(
+                "{helper} exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// Mounts `m` on `target` (FUSE types through their helper).
+pub async fn mount_one(m: &Mount, target: &Path, reaper: &Reaper) -> Result<()> {
+    for (helper, prefix) in FUSE_HELPERS {
+        if m.r#type.starts_with(prefix) {
+            return mount_with_helper(m, helper, prefix, target, reaper).await;
+        }
+    }
+    mount_syscall(m, target)
+}
+
+/// Mounts `m` on `target` with mount(2).
+fn mount_syscall(m: &Mount, target: &Path) -> Result<()> {
     let (flags, data) = parse_options(&m.options);
     let fstype = if m.r#type.is_empty() || m.r#type == "bind" {
         None
@@ -91,11 +140,11 @@ pub fn mount_one(m: &Mount, target: &Path) -> Result<()> {
 }
 
 /// Mounts `mounts` in order on `target` (created if missing); undoes them on failure.
-pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+pub async fn mount_all(mounts: &[Mount], target: &Path, reaper: &Reaper) -> Result<()> {
     std::fs::create_dir_all(target)
         .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
     for (i, m) in mounts.iter().enumerate() {
-        if let Err(e) = mount_one(m, target) {
+        if let Err(e) = mount_one(m, target, reaper).await {
             for _ in 0..i {
                 let _ = umount2(target, MntFlags::MNT_DETACH);
             }

@@ -410,7 +410,7 @@ impl TaskService {
         let rootfs = bundle.join("rootfs");
         let mounted = !req.rootfs.is_empty();
         if mounted {
-            crate::mount::mount_all(&req.rootfs, &rootfs)?;
+            crate::mount::mount_all(&req.rootfs, &rootfs, &self.reaper).await?;
         }
         let stdio_paths = StdioPaths {
             stdin: req.stdin.clone(),

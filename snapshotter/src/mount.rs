@@ -14,6 +14,11 @@
 //! directory, as containerd does: the working directory of the process and
 //! of every other thread stays untouched, and no fork of a multi-threaded
 //! process is needed.
+//!
+//! FUSE types (`fuse.<helper>`, `fuse3.<helper>`) go through the FUSE mount
+//! helper (`mount.fuse` / `mount.fuse3`) with containerd's arguments
+//! (`SOURCE TARGET -o OPT... -t <helper>`), which starts the userspace
+//! filesystem; unmounting is the ordinary umount(2).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -166,9 +171,46 @@ fn compact_lowerdirs(data: &[String]) -> Option<(PathBuf, Vec<String>)> {
     Some((common, out))
 }
 
+/// The FUSE mount helper binary and the type prefix it serves, as
+/// containerd's `allowedHelperBinaries`.
+const FUSE_HELPERS: [(&str, &str); 2] = [("mount.fuse", "fuse."), ("mount.fuse3", "fuse3.")];
+
+/// Mounts `m` through the FUSE mount helper for `prefix`.
+fn mount_with_helper(m: &Mount, helper: &str, prefix: &str, target: &Path) -> Result<()> {
+    let mut cmd = std::process::Command::new(helper);
+    cmd.arg(&m.source).arg(target);
+    for o in &m.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg("-t").arg(&m.kind[prefix.len()..]);
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::io("run mount helper", helper, e))?;
+    if !out.status.success() {
+        return Err(Error::io(
+            "mount",
+            target,
+            std::io::Error::other(format!(
+                "{helper} {} ({}): {}: {}",
+                m.source,
+                m.options.join(","),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        ));
+    }
+    Ok(())
+}
+
 impl Mount {
     /// Mounts this one mount on `target`.
     pub fn mount(&self, target: &Path) -> Result<()> {
+        for (helper, prefix) in FUSE_HELPERS {
+            if self.kind.starts_with(prefix) {
+                return mount_with_helper(self, helper, prefix, target);
+            }
+        }
         let opts = parse_options(&self.options);
         let mut flags = opts.flags;
         if self.kind == "bind" {

@@ -477,6 +477,25 @@ impl Interceptor for Ctx {
 // ---------------------------------------------------------------------------------------------
 
 /// `sha256:<hex>` of `data`.
+/// Puts the workspace's binaries (`target/<profile>`) first on this test
+/// process's `PATH`, once: programs that find Berth's helpers by name (the
+/// FUSE mount helper starting `berth-aufs`) then find them when the test
+/// itself mounts, as they do under berthd (which puts its own directory on
+/// `PATH`). Call it first thing in a test; std serialises environment access.
+pub fn helpers_on_path() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = Daemon::binary("berthd")
+            .parent()
+            .expect("binary has a directory")
+            .to_path_buf();
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&path)))
+            .expect("PATH");
+        std::env::set_var("PATH", joined);
+    });
+}
+
 pub fn digest_of(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }

@@ -336,3 +336,15 @@ mod overlayfs {
 
     berth_snapshotter::snapshotter_suite_tests!("overlayfs", factory);
 }
+
+mod aufs {
+    use super::*;
+
+    fn factory(root: &Path) -> Box<dyn Snapshotter> {
+        // The suite mounts what the service returns in this process.
+        berth_tests::helpers_on_path();
+        start(root, "aufs")
+    }
+
+    berth_snapshotter::snapshotter_suite_tests!("aufs", factory);
+}

@@ -1,0 +1,163 @@
+//! The aufs and devmapper snapshotters through the stock `ctr`: the
+//! multi-layer test image imported into each (unpacked client-side by ctr
+//! through Diff.Apply), containers run from it with the stock runc shim and
+//! with Berth's shim (each mounting the snapshot its own way: the FUSE mount
+//! helper for aufs, a block device for devmapper). The top layer's file is
+//! seen, whiteouts and opaque directories hold inside the container, and a
+//! file one container writes is not seen by another from the same image.
+
+use berth_archive::Compression;
+use berth_image::testimage;
+use berth_tests::{ctr, random_id, success, Daemon};
+
+const IMAGE: &str = "docker.io/library/berth-test:snapshotters";
+
+const RUNC_V2: &str = "io.containerd.runc.v2";
+const BERTH_V2: &str = "io.containerd.berth.v2";
+
+struct Fixture {
+    d: Daemon,
+    ns: String,
+    snapshotter: &'static str,
+    runtime: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(snapshotter: &'static str, runtime: &'static str) -> Fixture {
+        berth_tests::helpers_on_path();
+        let d = Daemon::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let built = testimage::build(&testimage::layers(), Compression::Gzip);
+        let tar = dir.path().join("img.tar");
+        std::fs::write(&tar, testimage::oci_layout_tar(&built, IMAGE)).expect("write image");
+        let f = Fixture {
+            d,
+            ns: format!("t{}", random_id()),
+            snapshotter,
+            runtime,
+            _dir: dir,
+        };
+        let tar = tar.to_str().expect("utf-8 path").to_string();
+        f.ok(&["images", "import", "--snapshotter", snapshotter, &tar]);
+        f
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["-n", &self.ns];
+        match args.split_first() {
+            Some((&"run", rest)) => {
+                all.extend_from_slice(&[
+                    "run",
+                    "--runtime",
+                    self.runtime,
+                    "--snapshotter",
+                    self.snapshotter,
+                ]);
+                all.extend_from_slice(rest);
+            }
+            _ => all.extend_from_slice(args),
+        }
+        ctr(&self.d, &all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        success(&self.ctr(args), &format!("ctr {args:?}"))
+    }
+
+    fn cleanup(&self, ids: &[&str]) {
+        for id in ids {
+            let _ = self.ctr(&["tasks", "kill", "-s", "KILL", id]);
+            let _ = self.ctr(&["tasks", "rm", "-f", id]);
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+    }
+}
+
+async fn image_layers_hold_in_containers(snapshotter: &'static str, runtime: &'static str) {
+    let f = Fixture::new(snapshotter, runtime).await;
+    let motd = f.ok(&["run", "--rm", IMAGE, "motd", "cat", "/etc/motd"]);
+    assert_eq!(motd.as_bytes(), testimage::MOTD, "top layer's /etc/motd");
+
+    // Whiteouts and opaque directories of the layers hold, and no whiteout
+    // file shows through.
+    let listing = f.ok(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "listing",
+        "sh",
+        "-c",
+        "ls -a /opq /data /; cat /usr/share/berth/a",
+    ]);
+    for absent in ["old", "sub", "gone", "gone-top", ".wh."] {
+        assert!(
+            !listing.split_whitespace().any(|w| w.starts_with(absent)),
+            "{absent} must not be visible in the container:\n{listing}"
+        );
+    }
+    for present in ["new", "keep", "bin", "etc"] {
+        assert!(
+            listing.split_whitespace().any(|w| w == present),
+            "{present} must be visible:\n{listing}"
+        );
+    }
+    for p in testimage::ABSENT {
+        let out = f.ctr(&[
+            "run",
+            "--rm",
+            IMAGE,
+            &format!("absent-{}", random_id()),
+            "test",
+            "-e",
+            &format!("/{p}"),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "/{p} must be absent: {out:?}");
+    }
+
+    // Writes stay in their container: one writes and deletes, the next from
+    // the same image sees the image as it was.
+    f.ok(&[
+        "run",
+        IMAGE,
+        "writer",
+        "sh",
+        "-c",
+        "echo mine > /written && rm /data/keep && echo changed > /etc/motd && cat /written",
+    ]);
+    let other = f.ok(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "reader",
+        "sh",
+        "-c",
+        "test ! -e /written && test -e /data/keep && cat /etc/motd",
+    ]);
+    assert_eq!(other.as_bytes(), testimage::MOTD);
+    let out = f.ctr(&["run", "--rm", IMAGE, "fails", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "exit code propagates: {out:?}");
+    f.cleanup(&["writer"]);
+    // Nothing left mounted from the finished containers.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&f.d.state().display().to_string()),
+        "rootfs mounts left behind:\n{mounts}"
+    );
+}
+
+macro_rules! cases {
+    ($($name:ident: $sn:expr, $rt:expr;)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                image_layers_hold_in_containers($sn, $rt).await;
+            }
+        )*
+    };
+}
+
+cases! {
+    aufs_stock_shim: "aufs", RUNC_V2;
+    aufs_berth_shim: "aufs", BERTH_V2;
+}

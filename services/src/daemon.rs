@@ -54,21 +54,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let root = config.root.clone();
     let (content, db, uuid, snapshotters) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let content = Arc::new(
-                berth_content::Store::open(root.join("io.containerd.content.v1.content"))
-                    .context("open content store")?,
-            );
-            let db = berth_metadata::Db::open(
-                berth_metadata::DbOptions {
-                    path: root.join("io.containerd.metadata.v1.kv"),
-                    backend,
-                },
-                content.clone(),
-            )
-            .context("open metadata store")?;
-            let uuid = load_or_create_uuid(&root).context("server uuid")?;
-            let snapshotters = start_snapshotters(&root, &db)?;
-            Ok((content, db, uuid, snapshotters))
+            // The stores are independent until the backends register with
+            // the metadata store: open them all at once (each open waits on
+            // its own fsyncs, and start-up time is what the client waits).
+            std::thread::scope(|scope| {
+                let backends = open_snapshotters(scope, &root);
+                let content = Arc::new(
+                    berth_content::Store::open(root.join("io.containerd.content.v1.content"))
+                        .context("open content store")?,
+                );
+                let db = berth_metadata::Db::open(
+                    berth_metadata::DbOptions {
+                        path: root.join("io.containerd.metadata.v1.kv"),
+                        backend,
+                    },
+                    content.clone(),
+                )
+                .context("open metadata store")?;
+                let uuid = load_or_create_uuid(&root).context("server uuid")?;
+                let snapshotters = register_snapshotters(backends, &db)?;
+                Ok((content, db, uuid, snapshotters))
+            })
         })
         .await??;
     let _ = content;
@@ -192,15 +198,22 @@ struct SnapshotterStatus {
     init_err: Option<String>,
 }
 
-/// Creates the snapshotter backends under `<root>/io.containerd.snapshotter.v1.<name>`
-/// and registers them with the metadata store (which recovers what a crash
-/// left half-done). A backend that cannot work on this host is reported, not
-/// fatal; a failing recovery is fatal (the store would be inconsistent).
-fn start_snapshotters(
+type BackendResult = berth_snapshotter::Result<Arc<dyn berth_snapshotter::Snapshotter>>;
+
+/// A snapshotter backend being opened on its own thread.
+struct Opening<'scope> {
+    name: &'static str,
+    root: PathBuf,
+    handle: std::thread::ScopedJoinHandle<'scope, BackendResult>,
+}
+
+/// Opens the snapshotter backends under `<root>/io.containerd.snapshotter.v1.<name>`,
+/// each on its own thread of `scope`.
+fn open_snapshotters<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
     root: &Path,
-    db: &berth_metadata::Db,
-) -> anyhow::Result<Vec<SnapshotterStatus>> {
-    type Ctor = fn(&Path) -> berth_snapshotter::Result<Arc<dyn berth_snapshotter::Snapshotter>>;
+) -> Vec<Opening<'scope>> {
+    type Ctor = fn(&Path) -> BackendResult;
     let backends: [(&'static str, Ctor); 3] = [
         ("overlayfs", |p| {
             Ok(Arc::new(
@@ -216,10 +229,34 @@ fn start_snapshotters(
             Ok(Arc::new(berth_snapshotter::aufs::AufsSnapshotter::new(p)?))
         }),
     ];
+    backends
+        .into_iter()
+        .map(|(name, ctor)| {
+            let dir = root.join(format!("{SNAPSHOTTER}.{name}"));
+            let at = dir.clone();
+            Opening {
+                name,
+                root: dir,
+                handle: scope.spawn(move || ctor(&at)),
+            }
+        })
+        .collect()
+}
+
+/// Registers the opened backends with the metadata store (which recovers
+/// what a crash left half-done). A backend that cannot work on this host is
+/// reported, not fatal; a failing recovery is fatal (the store would be
+/// inconsistent).
+fn register_snapshotters(
+    opening: Vec<Opening<'_>>,
+    db: &berth_metadata::Db,
+) -> anyhow::Result<Vec<SnapshotterStatus>> {
     let mut out = Vec::new();
-    for (name, ctor) in backends {
-        let dir = root.join(format!("{SNAPSHOTTER}.{name}"));
-        let init_err = match ctor(&dir) {
+    for Opening { name, root, handle } in opening {
+        let opened = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("snapshotter {name}: opening panicked"))?;
+        let init_err = match opened {
             Ok(backend) => {
                 db.register_snapshotter(name, backend)
                     .with_context(|| format!("snapshotter {name}: recover"))?;
@@ -232,7 +269,7 @@ fn start_snapshotters(
         };
         out.push(SnapshotterStatus {
             name,
-            root: dir,
+            root,
             init_err,
         });
     }

@@ -751,9 +751,9 @@ async fn introspection_lists_the_snapshotters() {
         .plugins;
     let mut ids: Vec<&str> = plugins.iter().map(|p| p.id.as_str()).collect();
     ids.sort();
-    assert_eq!(ids, vec!["native", "overlayfs"]);
+    assert_eq!(ids, vec!["aufs", "native", "overlayfs"]);
     for p in &plugins {
-        // Both work on the CI hosts (overlayfs is there).
+        // All work on the CI hosts (overlayfs, FUSE and fuse3 are there).
         assert!(p.init_err.is_none(), "{}: {:?}", p.id, p.init_err);
         assert!(
             p.exports

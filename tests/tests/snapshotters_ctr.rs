@@ -160,4 +160,95 @@ macro_rules! cases {
 cases! {
     aufs_stock_shim: "aufs", RUNC_V2;
     aufs_berth_shim: "aufs", BERTH_V2;
+    devmapper_stock_shim: "devmapper", RUNC_V2;
+    devmapper_berth_shim: "devmapper", BERTH_V2;
+}
+
+/// Bytes in use on the filesystem holding `path`.
+fn used_bytes(path: &std::path::Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    (st.blocks() - st.blocks_free()) * st.fragment_size()
+}
+
+/// Ten running containers from one 100 MiB image share its blocks: the pool
+/// holds well under twice the image's blocks (block clones, no copies).
+#[tokio::test]
+async fn devmapper_containers_share_the_image_blocks() {
+    berth_tests::helpers_on_path();
+    let d = Daemon::start().await;
+    let ns = format!("t{}", random_id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut layers = testimage::layers();
+    let big = berth_tests::random_bytes(100 << 20);
+    layers.push(
+        berth_archive::corpus::LayerBuilder::new()
+            .file("big", &big)
+            .finish(),
+    );
+    let built = testimage::build(&layers, Compression::Uncompressed);
+    let tar = dir.path().join("img.tar");
+    std::fs::write(&tar, testimage::oci_layout_tar(&built, IMAGE)).expect("write image");
+    drop(big);
+    let pool = d.root().join("io.containerd.snapshotter.v1.devmapper/pool");
+    let run = |args: &[&str]| {
+        let mut all = vec!["-n", ns.as_str()];
+        all.extend_from_slice(args);
+        success(&ctr(&d, &all), &format!("ctr {args:?}"))
+    };
+    // The pool exists once the backend has started; measure from there.
+    let empty = used_bytes(&pool);
+    run(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "devmapper",
+        tar.to_str().expect("utf-8"),
+    ]);
+    let with_image = used_bytes(&pool);
+    let image = with_image - empty;
+    assert!(image >= 100 << 20, "the image's blocks: {image} bytes");
+    let ids: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    for id in &ids {
+        run(&[
+            "run",
+            "-d",
+            "--snapshotter",
+            "devmapper",
+            IMAGE,
+            id,
+            "sleep",
+            "300",
+        ]);
+    }
+    // Each container reads the big file: shared blocks stay shared.
+    for id in &ids {
+        let sum = run(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "sum",
+            id,
+            "sh",
+            "-c",
+            "wc -c < /big",
+        ]);
+        assert_eq!(sum.trim(), (100u64 << 20).to_string());
+    }
+    let with_containers = used_bytes(&pool);
+    let total = with_containers - empty;
+    let ratio = total as f64 / image as f64;
+    println!(
+        "devmapper pool: image {:.1} MiB, image + 10 running containers {:.1} MiB ({ratio:.2}x the image)",
+        image as f64 / (1 << 20) as f64,
+        total as f64 / (1 << 20) as f64
+    );
+    assert!(
+        ratio < 1.5,
+        "10 containers use {ratio:.2}x the image's blocks"
+    );
+    for id in &ids {
+        let _ = ctr(&d, &["-n", &ns, "tasks", "kill", "-s", "KILL", id]);
+        let _ = ctr(&d, &["-n", &ns, "tasks", "rm", "-f", id]);
+        let _ = ctr(&d, &["-n", &ns, "containers", "rm", id]);
+    }
 }

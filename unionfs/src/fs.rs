@@ -1,0 +1,1468 @@
+//! The union itself: a node table over the branches and the FUSE operations.
+//!
+//! Every FUSE node is a merged path (parent node + name). A node caches its *layers*: the
+//! branches, top first, where it exists (one for a non-directory; for a directory every branch
+//! down to an opaque marker, a whiteout or a non-directory). Only this process changes the
+//! branches, so the cache is kept exact by the mutating operations, which run one at a time
+//! under `ns` (write); lookups and reads share it.
+//!
+//! Nodes are never forgotten: that is what keeps inode numbers stable per path for the life of
+//! the mount. `st_ino` comes from the (dev, ino) of the backing file when first seen, so hard
+//! links in one branch share it, and a copied-up file keeps the number of its lower original.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use tracing::{debug, info};
+
+use crate::copyup;
+use crate::options::{Branch, BranchMode};
+use crate::sys;
+
+/// Entry and attribute cache lifetime. Only this process changes the branches, and every
+/// change goes through the kernel, which invalidates what it affects.
+const TTL: Duration = Duration::from_secs(5);
+/// Largest read/write request we ask the kernel for (without passthrough).
+const MAX_IO: u32 = 1 << 20;
+
+const WH_PREFIX: &[u8] = b".wh.";
+/// AUFS opaque-directory marker: hides everything below in lower branches.
+pub const OPAQUE: &str = ".wh..wh..opq";
+
+/// The rw branch is always index 0 when it exists.
+const RW: usize = 0;
+
+fn errno(e: &io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+fn is_whiteout_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX)
+}
+
+fn whiteout_of(name: &OsStr) -> OsString {
+    let mut wh = OsString::from(".wh.");
+    wh.push(name);
+    wh
+}
+
+/// lstat that maps "absent" (ENOENT, ENOTDIR) to `None`.
+fn lstat(path: &Path) -> io::Result<Option<Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn exists(path: &Path) -> io::Result<bool> {
+    Ok(lstat(path)?.is_some())
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    let nsec = Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64);
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(sec as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + nsec
+    }
+}
+
+fn to_attr(meta: &Metadata, ino: u64, merged_dir: bool) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: meta.size(),
+        blocks: meta.blocks(),
+        atime: time(meta.atime(), meta.atime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        crtime: UNIX_EPOCH,
+        kind: file_type(meta.mode()),
+        perm: (meta.mode() & 0o7777) as u16,
+        // A directory merged from several branches has no meaningful link count; 1 tells
+        // tools like find not to use it to count subdirectories.
+        nlink: if merged_dir { 1 } else { meta.nlink() as u32 },
+        uid: meta.uid(),
+        gid: meta.gid(),
+        rdev: meta.rdev() as u32,
+        blksize: meta.blksize() as u32,
+        flags: 0,
+    }
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> TimeSpec {
+    match t {
+        None => TimeSpec::UTIME_OMIT,
+        Some(TimeOrNow::Now) => TimeSpec::UTIME_NOW,
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                TimeSpec::new(-(d.as_secs() as i64), 0)
+            }
+        },
+    }
+}
+
+struct Node {
+    /// Names as (parent node, name); the first is used to reach the backing files. Several
+    /// only for hard links; empty once unlinked (the node lives on for open handles).
+    names: Vec<(u64, OsString)>,
+    is_dir: bool,
+    /// Branches holding this entry, top first (see the module docs).
+    layers: Vec<usize>,
+    /// The passthrough backing file registered for this node and the branch it lives in:
+    /// the kernel requires every open of one inode to share one backing file.
+    backing: Option<(Weak<BackingId>, usize)>,
+}
+
+/// Node ids double as `st_ino` (fuser sends `FileAttr::ino` as both).
+#[derive(Default)]
+struct Table {
+    nodes: HashMap<u64, Node>,
+    children: HashMap<(u64, OsString), u64>,
+    /// (dev, ino) of backing files -> node id (possibly reserved by readdir, no node yet).
+    devino: HashMap<(u64, u64), u64>,
+    next: u64,
+}
+
+impl Table {
+    fn node(&self, id: u64) -> io::Result<&Node> {
+        self.nodes.get(&id).ok_or_else(|| err(libc::ENOENT))
+    }
+
+    fn node_mut(&mut self, id: u64) -> io::Result<&mut Node> {
+        self.nodes.get_mut(&id).ok_or_else(|| err(libc::ENOENT))
+    }
+
+    fn primary(&self, id: u64) -> io::Result<(u64, OsString)> {
+        self.node(id)?
+            .names
+            .first()
+            .cloned()
+            .ok_or_else(|| err(libc::ENOENT))
+    }
+
+    /// The merged path of a node relative to the branch roots.
+    fn rel_path(&self, mut id: u64) -> io::Result<PathBuf> {
+        let mut parts = Vec::new();
+        while id != INodeNo::ROOT.0 {
+            let node = self.node(id)?;
+            let (parent, name) = node.names.first().ok_or_else(|| err(libc::ENOENT))?;
+            parts.push(name.as_os_str());
+            id = *parent;
+        }
+        Ok(parts.iter().rev().collect())
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// The id readdir reports for a backing (dev, ino): the node's, or one reserved for it.
+    fn id_for(&mut self, dev: u64, ino: u64) -> u64 {
+        if let Some(id) = self.devino.get(&(dev, ino)) {
+            return *id;
+        }
+        let id = self.fresh_id();
+        self.devino.insert((dev, ino), id);
+        id
+    }
+
+    /// Registers `parent/name` resolved to `layers` (topmost instance `meta`); returns its id.
+    fn insert(&mut self, parent: u64, name: &OsStr, layers: Vec<usize>, meta: &Metadata) -> u64 {
+        let key = (parent, name.to_os_string());
+        if let Some(&id) = self.children.get(&key) {
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.layers = layers;
+                return id;
+            }
+        }
+        let devino = (meta.dev(), meta.ino());
+        let mut id = match self.devino.get(&devino) {
+            Some(&id) => id,
+            None => self.fresh_id(),
+        };
+        match self.nodes.get_mut(&id) {
+            None => {}
+            // Another name of the same file in the same branch: a hard link.
+            Some(node)
+                if !node.is_dir
+                    && !meta.is_dir()
+                    && !node.names.is_empty()
+                    && node.layers.first() == layers.first() =>
+            {
+                node.names.push(key.clone());
+                self.children.insert(key, id);
+                return id;
+            }
+            // Unlinked, copied up (link broken) or a directory: a new inode for the kernel.
+            Some(_) => id = self.fresh_id(),
+        }
+        self.devino.insert(devino, id);
+        self.nodes.insert(
+            id,
+            Node {
+                names: vec![key.clone()],
+                is_dir: meta.is_dir(),
+                layers,
+                backing: None,
+            },
+        );
+        self.children.insert(key, id);
+        id
+    }
+
+    /// Forgets the name `parent/name`; its node stays for open handles.
+    fn detach(&mut self, parent: u64, name: &OsStr) {
+        let key = (parent, name.to_os_string());
+        if let Some(id) = self.children.remove(&key) {
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.names.retain(|n| *n != key);
+            }
+        }
+    }
+}
+
+struct Handle {
+    file: Arc<File>,
+    /// Keeps the passthrough registration alive while the kernel file is open.
+    _backing: Option<Arc<BackingId>>,
+}
+
+/// One entry of a merged directory listing.
+struct DirEntry {
+    name: OsString,
+    ino: u64,
+    kind: FileType,
+}
+
+/// The AUFS-semantics union over a set of branches.
+pub struct UnionFs {
+    branches: Vec<Branch>,
+    writable: bool,
+    /// Namespace lock: shared for lookups and reads, exclusive for every change.
+    ns: RwLock<()>,
+    table: Mutex<Table>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    passthrough: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere leaves the data consistent enough to keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Created {
+    attr: FileAttr,
+    file: Option<File>,
+}
+
+impl UnionFs {
+    /// Builds the union; `writable` is false for views (`ro` or no rw branch).
+    pub fn new(branches: Vec<Branch>, writable: bool) -> io::Result<UnionFs> {
+        if branches.is_empty() {
+            return Err(err(libc::EINVAL));
+        }
+        let writable = writable && branches[0].mode == BranchMode::Rw;
+        let fs = UnionFs {
+            branches,
+            writable,
+            ns: RwLock::new(()),
+            table: Mutex::new(Table::default()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            passthrough: AtomicBool::new(false),
+        };
+        // The root: every branch root down to the first opaque one.
+        let mut layers = Vec::new();
+        for (i, b) in fs.branches.iter().enumerate() {
+            layers.push(i);
+            if b.mode.honours_whiteouts() && exists(&b.path.join(OPAQUE))? {
+                break;
+            }
+        }
+        let meta = fs::symlink_metadata(&fs.branches[0].path)?;
+        let mut t = lock(&fs.table);
+        t.devino.insert((meta.dev(), meta.ino()), INodeNo::ROOT.0);
+        t.nodes.insert(
+            INodeNo::ROOT.0,
+            Node {
+                names: Vec::new(),
+                is_dir: true,
+                layers,
+                backing: None,
+            },
+        );
+        t.next = INodeNo::ROOT.0;
+        drop(t);
+        Ok(fs)
+    }
+
+    fn path_in(&self, branch: usize, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.branches[branch].path.clone()
+        } else {
+            self.branches[branch].path.join(rel)
+        }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(err(libc::EROFS))
+        }
+    }
+
+    /// (relative path, layers, is_dir) of a node that still has a path.
+    fn info(&self, id: u64) -> io::Result<(PathBuf, Vec<usize>, bool)> {
+        let t = lock(&self.table);
+        let rel = t.rel_path(id)?;
+        let n = t.node(id)?;
+        Ok((rel, n.layers.clone(), n.is_dir))
+    }
+
+    /// AUFS lookup of `name` under a directory with `parent_layers`: returns the layers of the
+    /// child and the metadata of its topmost instance.
+    fn resolve_child(
+        &self,
+        parent_layers: &[usize],
+        parent_rel: &Path,
+        name: &OsStr,
+    ) -> io::Result<Option<(Vec<usize>, Metadata)>> {
+        let rel = parent_rel.join(name);
+        let wh = parent_rel.join(whiteout_of(name));
+        let mut layers = Vec::new();
+        let mut top = None;
+        for &b in parent_layers {
+            let honours = self.branches[b].mode.honours_whiteouts();
+            if let Some(meta) = lstat(&self.path_in(b, &rel))? {
+                if meta.is_dir() {
+                    layers.push(b);
+                    let opaque = honours && exists(&self.path_in(b, &rel).join(OPAQUE))?;
+                    if top.is_none() {
+                        top = Some(meta);
+                    }
+                    if opaque {
+                        break;
+                    }
+                } else if top.is_none() {
+                    return Ok(Some((vec![b], meta)));
+                } else {
+                    // A non-directory below a directory is hidden by it.
+                    break;
+                }
+            }
+            if honours && exists(&self.path_in(b, &wh))? {
+                break;
+            }
+        }
+        Ok(top.map(|m| (layers, m)))
+    }
+
+    /// Whether `name` exists in the branches below the rw one (so deleting or moving it away
+    /// needs a whiteout).
+    fn exists_below(
+        &self,
+        parent_layers: &[usize],
+        parent_rel: &Path,
+        name: &OsStr,
+    ) -> io::Result<bool> {
+        let lower: Vec<usize> = parent_layers.iter().copied().filter(|b| *b != RW).collect();
+        Ok(self.resolve_child(&lower, parent_rel, name)?.is_some())
+    }
+
+    /// The merged listing of a directory, whiteouts applied and hidden.
+    fn list(
+        &self,
+        layers: &[usize],
+        rel: &Path,
+    ) -> io::Result<Vec<(OsString, FileType, u64, u64)>> {
+        let mut seen = HashSet::new();
+        let mut hidden: HashSet<OsString> = HashSet::new();
+        let mut out = Vec::new();
+        for &b in layers {
+            let dir = self.path_in(b, rel);
+            let dev = fs::symlink_metadata(&dir)?.dev();
+            let honours = self.branches[b].mode.honours_whiteouts();
+            let mut whiteouts = Vec::new();
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                if let Some(hidden_name) = name.as_bytes().strip_prefix(WH_PREFIX) {
+                    if honours && !hidden_name.starts_with(WH_PREFIX) {
+                        whiteouts.push(OsStr::from_bytes(hidden_name).to_os_string());
+                    }
+                    continue;
+                }
+                if hidden.contains(&name) || !seen.insert(name.clone()) {
+                    continue;
+                }
+                let kind = file_type(mode_of(&entry.file_type()?));
+                out.push((name, kind, dev, std::os::unix::fs::DirEntryExt::ino(&entry)));
+            }
+            hidden.extend(whiteouts);
+        }
+        Ok(out)
+    }
+
+    fn lookup_impl(&self, parent: u64, name: &OsStr) -> io::Result<FileAttr> {
+        if is_whiteout_name(name) {
+            return Err(err(libc::ENOENT));
+        }
+        let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
+        let (prel, players, _) = self.info(parent)?;
+        let (layers, meta) = self
+            .resolve_child(&players, &prel, name)?
+            .ok_or_else(|| err(libc::ENOENT))?;
+        let merged = layers.len() > 1;
+        let id = lock(&self.table).insert(parent, name, layers, &meta);
+        Ok(to_attr(&meta, id, merged))
+    }
+
+    fn getattr_impl(&self, id: u64, fh: Option<FileHandle>) -> io::Result<FileAttr> {
+        if let Some(fh) = fh {
+            let file = lock(&self.handles).get(&fh.0).map(|h| h.file.clone());
+            if let Some(file) = file {
+                return Ok(to_attr(&file.metadata()?, id, false));
+            }
+        }
+        let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
+        let (rel, layers, _) = self.info(id)?;
+        let meta = fs::symlink_metadata(self.path_in(layers[0], &rel))?;
+        Ok(to_attr(&meta, id, layers.len() > 1))
+    }
+
+    /// Makes the directory node `id` exist in the rw branch (creating its parents, copying
+    /// their attributes) and returns its rw path. Caller holds `ns` exclusively.
+    fn ensure_dir_rw(&self, id: u64) -> io::Result<PathBuf> {
+        let (rel, layers, is_dir) = self.info(id)?;
+        if !is_dir {
+            return Err(err(libc::ENOTDIR));
+        }
+        let rw = self.path_in(RW, &rel);
+        if layers.first() == Some(&RW) {
+            return Ok(rw);
+        }
+        if id != INodeNo::ROOT.0 {
+            let (parent, _) = lock(&self.table).primary(id)?;
+            self.ensure_dir_rw(parent)?;
+        }
+        let meta = copyup::copy_dir_shell(&self.path_in(layers[0], &rel), &rw)?;
+        let mut t = lock(&self.table);
+        t.devino.insert((meta.dev(), meta.ino()), id);
+        t.node_mut(id)?.layers.insert(0, RW);
+        Ok(rw)
+    }
+
+    /// Copy-up: makes node `id` live in the rw branch and returns its rw path.
+    /// Caller holds `ns` exclusively.
+    fn copy_up(&self, id: u64) -> io::Result<PathBuf> {
+        self.check_writable()?;
+        let (rel, layers, is_dir) = self.info(id)?;
+        if is_dir {
+            return self.ensure_dir_rw(id);
+        }
+        if layers[0] == RW {
+            return Ok(self.path_in(RW, &rel));
+        }
+        let names = lock(&self.table).node(id)?.names.clone();
+        let (parent, name) = names.first().cloned().ok_or_else(|| err(libc::ENOENT))?;
+        let dir = self.ensure_dir_rw(parent)?;
+        debug!(path = %rel.display(), "copy-up");
+        let meta = copyup::copy_node(&self.path_in(layers[0], &rel), &dir, &name)?;
+        let copied = dir.join(&name);
+        // The other known names of a hard-linked file follow it, keeping the link in the union.
+        for (p, n) in names.iter().skip(1) {
+            let pdir = self.ensure_dir_rw(*p)?;
+            fs::hard_link(&copied, pdir.join(n))?;
+        }
+        let mut t = lock(&self.table);
+        t.devino.insert((meta.dev(), meta.ino()), id);
+        t.node_mut(id)?.layers = vec![RW];
+        Ok(copied)
+    }
+
+    /// Creates `.wh.<name>` in the rw copy of `parent`.
+    fn whiteout(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let dir = self.ensure_dir_rw(parent)?;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o444)
+            .open(dir.join(whiteout_of(name)))?;
+        Ok(())
+    }
+
+    /// The common part of mknod/mkdir/symlink/create/link: makes `name` in the rw copy of
+    /// `parent` with `make`, owns it by the caller, clears a whiteout for the name (a new
+    /// directory over a deleted one becomes opaque) and registers the node.
+    fn create_entry(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: Option<u32>,
+        make: impl FnOnce(&Path) -> io::Result<Option<File>>,
+        link_of: Option<u64>,
+    ) -> io::Result<(u64, Created)> {
+        self.check_writable()?;
+        if is_whiteout_name(name) {
+            return Err(err(libc::EPERM));
+        }
+        let (prel, players, _) = self.info(parent)?;
+        if self.resolve_child(&players, &prel, name)?.is_some() {
+            return Err(err(libc::EEXIST));
+        }
+        let dir = self.ensure_dir_rw(parent)?;
+        let dir_meta = fs::symlink_metadata(&dir)?;
+        let target = dir.join(name);
+        let wh = dir.join(whiteout_of(name));
+        let had_whiteout = exists(&wh)?;
+        let file = make(&target)?;
+        let meta = fs::symlink_metadata(&target)?;
+        if link_of.is_none() {
+            // Files are created as root; give them to the caller (BSD group semantics under a
+            // set-group-id directory, as the kernel would).
+            let sgid_dir = dir_meta.mode() & libc::S_ISGID != 0;
+            let gid = if sgid_dir { dir_meta.gid() } else { req.gid() };
+            std::os::unix::fs::lchown(&target, Some(req.uid()), Some(gid))?;
+            if let Some(mut mode) = mode {
+                if meta.is_dir() && sgid_dir {
+                    mode |= libc::S_ISGID;
+                }
+                // chown cleared set-id bits; put the requested mode back.
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+        }
+        if had_whiteout {
+            if meta.is_dir() {
+                File::create(target.join(OPAQUE))?;
+            }
+            fs::remove_file(&wh)?;
+        }
+        let meta = fs::symlink_metadata(&target)?;
+        let mut t = lock(&self.table);
+        t.detach(parent, name);
+        if let Some(src) = link_of {
+            // A hard link: the same node (and st_ino) as its source.
+            t.devino.insert((meta.dev(), meta.ino()), src);
+        }
+        let id = t.insert(parent, name, vec![RW], &meta);
+        Ok((
+            id,
+            Created {
+                attr: to_attr(&meta, id, false),
+                file,
+            },
+        ))
+    }
+
+    fn remove_impl(&self, parent: u64, name: &OsStr, dir: bool) -> io::Result<()> {
+        self.check_writable()?;
+        let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+        let (prel, players, _) = self.info(parent)?;
+        let (layers, meta) = self
+            .resolve_child(&players, &prel, name)?
+            .ok_or_else(|| err(libc::ENOENT))?;
+        let rel = prel.join(name);
+        if dir {
+            if !meta.is_dir() {
+                return Err(err(libc::ENOTDIR));
+            }
+            if !self.list(&layers, &rel)?.is_empty() {
+                return Err(err(libc::ENOTEMPTY));
+            }
+            if layers[0] == RW {
+                // Only whiteouts and markers are left in it.
+                let rw = self.path_in(RW, &rel);
+                for entry in fs::read_dir(&rw)? {
+                    let entry = entry?;
+                    if entry.file_type()?.is_dir() {
+                        fs::remove_dir_all(entry.path())?;
+                    } else {
+                        fs::remove_file(entry.path())?;
+                    }
+                }
+                fs::remove_dir(&rw)?;
+            }
+        } else {
+            if meta.is_dir() {
+                return Err(err(libc::EISDIR));
+            }
+            if layers[0] == RW {
+                fs::remove_file(self.path_in(RW, &rel))?;
+            }
+        }
+        if self.exists_below(&players, &prel, name)? {
+            self.whiteout(parent, name)?;
+        }
+        lock(&self.table).detach(parent, name);
+        Ok(())
+    }
+
+    fn rename_impl(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return Err(err(libc::EINVAL));
+        }
+        if is_whiteout_name(newname) {
+            return Err(err(libc::EPERM));
+        }
+        let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+        let (prel, players, _) = self.info(parent)?;
+        let (nprel, nplayers, _) = self.info(newparent)?;
+        let (slayers, smeta) = self
+            .resolve_child(&players, &prel, name)?
+            .ok_or_else(|| err(libc::ENOENT))?;
+        let sid = {
+            let mut t = lock(&self.table);
+            t.insert(parent, name, slayers.clone(), &smeta)
+        };
+        if smeta.is_dir() && slayers != [RW] {
+            // Like aufs and overlayfs without redirect_dir: mv falls back to copy + delete.
+            return Err(err(libc::EXDEV));
+        }
+        if parent == newparent && name == newname {
+            return Ok(());
+        }
+        let target = self.resolve_child(&nplayers, &nprel, newname)?;
+        if let Some((tlayers, tmeta)) = &target {
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return Err(err(libc::EEXIST));
+            }
+            let trel = nprel.join(newname);
+            match (smeta.is_dir(), tmeta.is_dir()) {
+                (true, false) => return Err(err(libc::ENOTDIR)),
+                (false, true) => return Err(err(libc::EISDIR)),
+                (true, true) => {
+                    if !self.list(tlayers, &trel)?.is_empty() {
+                        return Err(err(libc::ENOTEMPTY));
+                    }
+                    if tlayers[0] == RW {
+                        let rw = self.path_in(RW, &trel);
+                        fs::remove_dir_all(&rw)?;
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        self.copy_up(sid)?;
+        let src = self.ensure_dir_rw(parent)?.join(name);
+        let ndir = self.ensure_dir_rw(newparent)?;
+        let dst = ndir.join(newname);
+        let wh = ndir.join(whiteout_of(newname));
+        // Lower entries under the new name must stay hidden: a directory moved over them
+        // becomes opaque (a file hides them by itself).
+        let needs_opaque =
+            smeta.is_dir() && (exists(&wh)? || self.exists_below(&nplayers, &nprel, newname)?);
+        fs::rename(&src, &dst)?;
+        if needs_opaque {
+            File::create(dst.join(OPAQUE))?;
+        }
+        if exists(&wh)? {
+            fs::remove_file(&wh)?;
+        }
+        if self.exists_below(&players, &prel, name)? {
+            self.whiteout(parent, name)?;
+        }
+        let mut t = lock(&self.table);
+        t.detach(newparent, newname);
+        t.detach(parent, name);
+        let node = t.node_mut(sid)?;
+        node.names.insert(0, (newparent, newname.to_os_string()));
+        node.layers = vec![RW];
+        t.children.insert((newparent, newname.to_os_string()), sid);
+        Ok(())
+    }
+
+    fn setattr_impl(
+        &self,
+        id: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> io::Result<FileAttr> {
+        let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+        let path = self.copy_up(id)?;
+        let meta = fs::symlink_metadata(&path)?;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&path, uid, gid)?;
+        }
+        if let Some(mode) = mode {
+            if !meta.file_type().is_symlink() {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+        }
+        if let Some(size) = size {
+            let file = fh.and_then(|fh| lock(&self.handles).get(&fh.0).map(|h| h.file.clone()));
+            match file {
+                Some(f) if f.set_len(size).is_ok() => {}
+                _ => OpenOptions::new().write(true).open(&path)?.set_len(size)?,
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                &time_spec(atime),
+                &time_spec(mtime),
+                UtimensatFlags::NoFollowSymlink,
+            )?;
+        }
+        Ok(to_attr(&fs::symlink_metadata(&path)?, id, false))
+    }
+
+    /// Opens the backing file of node `id`: the rw copy for writing (after copy-up), the
+    /// topmost instance for reading.
+    fn open_backing_file(&self, id: u64, flags: OpenFlags) -> io::Result<(File, usize)> {
+        let acc = flags.acc_mode();
+        let write = acc != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let mut opts = OpenOptions::new();
+        match acc {
+            OpenAccMode::O_RDONLY => opts.read(true),
+            OpenAccMode::O_WRONLY => opts.write(true),
+            OpenAccMode::O_RDWR => opts.read(true).write(true),
+        };
+        // O_APPEND and O_DIRECT matter for passthrough I/O; the rest was handled by the kernel.
+        opts.custom_flags(
+            flags.0 & (libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC),
+        );
+        if write {
+            let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+            let path = self.copy_up(id)?;
+            Ok((opts.open(path)?, RW))
+        } else {
+            let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
+            let (rel, layers, _) = self.info(id)?;
+            Ok((opts.open(self.path_in(layers[0], &rel))?, layers[0]))
+        }
+    }
+
+    /// Registers (or reuses) the node's passthrough backing file. `None`: serve I/O here.
+    fn backing_for(
+        &self,
+        id: u64,
+        branch: usize,
+        file: &File,
+        register: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> io::Result<Option<Arc<BackingId>>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut t = lock(&self.table);
+        let node = t.node_mut(id)?;
+        if let Some((weak, b)) = &node.backing {
+            if let Some(existing) = weak.upgrade() {
+                if *b == branch {
+                    return Ok(Some(existing));
+                }
+                // Still open on the lower file while this open needs the copied-up one:
+                // the kernel cannot switch an open inode's backing file.
+                return Err(err(libc::EBUSY));
+            }
+        }
+        match register(file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                node.backing = Some((Arc::downgrade(&id), branch));
+                Ok(Some(id))
+            }
+            Err(e) => {
+                debug!(error = %e, "passthrough registration failed; serving I/O in userspace");
+                Ok(None)
+            }
+        }
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn mode_of(ft: &std::fs::FileType) -> u32 {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        libc::S_IFDIR
+    } else if ft.is_symlink() {
+        libc::S_IFLNK
+    } else if ft.is_char_device() {
+        libc::S_IFCHR
+    } else if ft.is_block_device() {
+        libc::S_IFBLK
+    } else if ft.is_fifo() {
+        libc::S_IFIFO
+    } else if ft.is_socket() {
+        libc::S_IFSOCK
+    } else {
+        libc::S_IFREG
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        if let Err(max) = config.set_max_readahead(MAX_IO) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Passthrough: the kernel does reads and writes on the backing file itself. Depth 2
+        // lets branches live on overlayfs; nothing is meant to stack on top of this mount.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        info!(
+            passthrough = self.passthrough.load(Ordering::Relaxed),
+            abi = %config.kernel_abi(),
+            "FUSE session initialised"
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.lookup_impl(parent.0, name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.getattr_impl(ino.0, fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.setattr_impl(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let res = (|| {
+            let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
+            let (rel, layers, _) = self.info(ino.0)?;
+            fs::read_link(self.path_in(layers[0], &rel))
+        })();
+        match res {
+            Ok(target) => reply.data(target.as_os_str().as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let perm = mode & !umask & 0o7777;
+        let res = {
+            let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+            self.create_entry(
+                req,
+                parent.0,
+                name,
+                Some(perm),
+                |path| {
+                    let kind = nix::sys::stat::SFlag::from_bits_truncate(mode & libc::S_IFMT);
+                    nix::sys::stat::mknod(
+                        path,
+                        kind,
+                        nix::sys::stat::Mode::from_bits_truncate(perm),
+                        rdev.into(),
+                    )?;
+                    Ok(None)
+                },
+                None,
+            )
+        };
+        match res {
+            Ok((_, c)) => reply.entry(&TTL, &c.attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let perm = mode & !umask & 0o7777;
+        let res = {
+            let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+            self.create_entry(
+                req,
+                parent.0,
+                name,
+                Some(perm),
+                |path| {
+                    fs::DirBuilder::new().mode(perm).create(path)?;
+                    Ok(None)
+                },
+                None,
+            )
+        };
+        match res {
+            Ok((_, c)) => reply.entry(&TTL, &c.attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.remove_impl(parent.0, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.remove_impl(parent.0, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let res = {
+            let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+            self.create_entry(
+                req,
+                parent.0,
+                link_name,
+                None,
+                |path| {
+                    std::os::unix::fs::symlink(target, path)?;
+                    Ok(None)
+                },
+                None,
+            )
+        };
+        match res {
+            Ok((_, c)) => reply.entry(&TTL, &c.attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.rename_impl(parent.0, name, newparent.0, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let res = (|| {
+            self.check_writable()?;
+            let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+            let src = self.copy_up(ino.0)?;
+            self.create_entry(
+                req,
+                newparent.0,
+                newname,
+                None,
+                |path| {
+                    fs::hard_link(&src, path)?;
+                    Ok(None)
+                },
+                Some(ino.0),
+            )
+        })();
+        match res {
+            Ok((_, c)) => reply.entry(&TTL, &c.attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let res = (|| {
+            let (file, branch) = self.open_backing_file(ino.0, flags)?;
+            let backing = self.backing_for(ino.0, branch, &file, |f| reply.open_backing(f))?;
+            let fh = self.new_fh();
+            let read_only = branch != RW || flags.acc_mode() == OpenAccMode::O_RDONLY;
+            lock(&self.handles).insert(
+                fh,
+                Handle {
+                    file: Arc::new(file),
+                    _backing: backing.clone(),
+                },
+            );
+            Ok::<_, io::Error>((fh, backing, read_only))
+        })();
+        match res {
+            Ok((fh, Some(backing), _)) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
+            }
+            // Lower files never change under us: keep their pages cached across opens.
+            Ok((fh, None, true)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, None, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(file) = lock(&self.handles).get(&fh.0).map(|h| h.file.clone()) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        reply.data(&buf[..filled]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(file) = lock(&self.handles).get(&fh.0).map(|h| h.file.clone()) else {
+            return reply.error(Errno::EBADF);
+        };
+        match file.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.handles).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = lock(&self.handles).get(&fh.0).map(|h| h.file.clone()) else {
+            return reply.error(Errno::EBADF);
+        };
+        let res = if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        };
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let res = (|| {
+            let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
+            let (rel, layers, is_dir) = self.info(ino.0)?;
+            if !is_dir {
+                return Err(err(libc::ENOTDIR));
+            }
+            let raw = self.list(&layers, &rel)?;
+            let mut t = lock(&self.table);
+            let parent = if ino == INodeNo::ROOT {
+                ino.0
+            } else {
+                t.primary(ino.0)?.0
+            };
+            let mut entries = vec![
+                DirEntry {
+                    name: ".".into(),
+                    ino: ino.0,
+                    kind: FileType::Directory,
+                },
+                DirEntry {
+                    name: "..".into(),
+                    ino: parent,
+                    kind: FileType::Directory,
+                },
+            ];
+            for (name, kind, dev, backing_ino) in raw {
+                let id = match t.children.get(&(ino.0, name.clone())) {
+                    Some(id) => *id,
+                    None => t.id_for(dev, backing_ino),
+                };
+                entries.push(DirEntry {
+                    name,
+                    ino: id,
+                    kind,
+                });
+            }
+            Ok(entries)
+        })();
+        match res {
+            Ok(entries) => {
+                let fh = self.new_fh();
+                lock(&self.dirs).insert(fh, Arc::new(entries));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = lock(&self.dirs).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match nix::sys::statvfs::statvfs(&self.branches[0].path) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let res = (|| {
+            let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+            let path = self.copy_up(ino.0)?;
+            sys::lsetxattr(&path, name, value, flags)
+        })();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let res = (|| {
+            let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
+            let (rel, layers, _) = self.info(ino.0)?;
+            sys::lgetxattr(&self.path_in(layers[0], &rel), name)
+        })();
+        reply_xattr(res, size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let res = (|| {
+            let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
+            let (rel, layers, _) = self.info(ino.0)?;
+            sys::llistxattr(&self.path_in(layers[0], &rel))
+        })();
+        reply_xattr(res, size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let res = (|| {
+            let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+            let path = self.copy_up(ino.0)?;
+            sys::lremovexattr(&path, name)
+        })();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let perm = mode & !umask & 0o7777;
+        let res = (|| {
+            let (id, created) = {
+                let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
+                self.create_entry(
+                    req,
+                    parent.0,
+                    name,
+                    Some(perm),
+                    |path| {
+                        let mut opts = OpenOptions::new();
+                        match flags & libc::O_ACCMODE {
+                            libc::O_RDONLY => opts.read(true),
+                            libc::O_WRONLY => opts.write(true),
+                            _ => opts.read(true).write(true),
+                        };
+                        // Read access too, so the handle can serve reads if O_RDWR is later
+                        // emulated; creation itself needs write.
+                        opts.write(true)
+                            .create_new(true)
+                            .mode(perm)
+                            .custom_flags(flags & (libc::O_APPEND | libc::O_DIRECT));
+                        Ok(Some(opts.open(path)?))
+                    },
+                    None,
+                )?
+            };
+            let file = created.file.ok_or_else(|| err(libc::EIO))?;
+            let backing = self.backing_for(id, RW, &file, |f| reply.open_backing(f))?;
+            let fh = self.new_fh();
+            lock(&self.handles).insert(
+                fh,
+                Handle {
+                    file: Arc::new(file),
+                    _backing: backing.clone(),
+                },
+            );
+            Ok::<_, io::Error>((created.attr, fh, backing))
+        })();
+        match res {
+            Ok((attr, fh, Some(backing))) => reply.created_passthrough(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &backing,
+            ),
+            Ok((attr, fh, None)) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = lock(&self.handles).get(&fh.0).map(|h| h.file.clone()) else {
+            return reply.error(Errno::EBADF);
+        };
+        let res = nix::fcntl::fallocate(
+            &*file,
+            nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+            offset as i64,
+            length as i64,
+        );
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+}
+
+fn reply_xattr(res: io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    match res {
+        Ok(data) if size == 0 => reply.size(data.len() as u32),
+        Ok(data) if data.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(errno(&e)),
+    }
+}

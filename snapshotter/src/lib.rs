@@ -25,6 +25,7 @@
 
 pub mod aufs;
 mod base;
+pub mod devmapper;
 mod error;
 pub mod fsutil;
 pub mod mount;
@@ -34,6 +35,7 @@ pub mod storage;
 pub mod testsuite;
 
 pub use aufs::AufsSnapshotter;
+pub use devmapper::{DevmapperConfig, DevmapperSnapshotter};
 pub use error::{Error, Result};
 pub use mount::{mount_all, unmount, unmount_all, MountGuard};
 pub use native::NativeSnapshotter;
@@ -118,4 +120,11 @@ pub trait Snapshotter: Send + Sync {
     fn walk(&self, filters: &[String], f: &mut dyn FnMut(Info) -> Result<()>) -> Result<()>;
     /// Removes on-disk leftovers no snapshot owns (crash remnants).
     fn cleanup(&self) -> Result<()>;
+    /// Bytes of `key` shared with other snapshots (block-sharing backends
+    /// such as devmapper: its parent chain and siblings), not counted in
+    /// [`usage`](Snapshotter::usage); `None` where sharing is not tracked.
+    fn shared_usage(&self, key: &str) -> Result<Option<i64>> {
+        let _ = key;
+        Ok(None)
+    }
 }

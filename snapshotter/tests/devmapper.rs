@@ -425,3 +425,39 @@ fn unsupported_configs_say_why() {
     assert_eq!(c.driver, Driver::DmThin);
     assert_eq!(c.base_image_size, 10 << 30);
 }
+
+/// xfs snapshots on a btrfs pool: a child and a view of the same parent
+/// (clones with one filesystem UUID) mounted at once.
+#[test]
+fn xfs_snapshots_on_a_btrfs_pool() {
+    let t = TestRoot::new();
+    let cfg = DevmapperConfig {
+        fs_type: berth_snapshotter::devmapper::FsType::Xfs,
+        pool_fs: berth_snapshotter::devmapper::PoolFs::Btrfs,
+        ..config()
+    };
+    let sn = open(&t.root(), &cfg);
+    let m = sn.prepare("a", "", Default::default()).unwrap();
+    assert_eq!(m[0].kind, "xfs");
+    let g = mount(&m, &t.mp("a"));
+    std::fs::write(g.target().join("f"), b"parent").unwrap();
+    g.unmount().unwrap();
+    let before = sn.usage("a").unwrap();
+    sn.commit("c", "a", Default::default()).unwrap();
+    assert_eq!(sn.usage("c").unwrap(), before);
+    let child = mount(
+        &sn.prepare("child", "c", Default::default()).unwrap(),
+        &t.mp("child"),
+    );
+    let view = mount(&sn.view("v", "c", Default::default()).unwrap(), &t.mp("v"));
+    std::fs::write(child.target().join("f"), b"child").unwrap();
+    assert_eq!(std::fs::read(view.target().join("f")).unwrap(), b"parent");
+    let err = std::fs::write(view.target().join("g"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    drop(view);
+    drop(child);
+    let (_, shared) = sn.block_usage("child").unwrap();
+    assert!(shared > 0, "a btrfs clone shares its parent's extents");
+    sn.close();
+    assert!(attached_below(t.dir.path()).is_empty());
+}

@@ -66,10 +66,17 @@ impl LoopPool {
             held: Mutex::new(HashMap::new()),
         };
         pool.mount_pool(pool_fs, config.pool_size)?;
-        if !pool.images.exists() {
-            fsutil::mkdir_mode(&pool.images, 0o700)?;
+        let checked = (|| {
+            if !pool.images.exists() {
+                fsutil::mkdir_mode(&pool.images, 0o700)?;
+            }
+            pool.check_reflink()
+        })();
+        if let Err(e) = checked {
+            // Unmount the pool again: the caller gets no driver to close.
+            pool.close();
+            return Err(e);
         }
-        pool.check_reflink()?;
         Ok(pool)
     }
 

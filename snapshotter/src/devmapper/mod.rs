@@ -26,9 +26,9 @@
 //! re-attached lazily by `mounts`.
 
 mod fs;
-pub mod loop_pool;
+mod loop_pool;
 pub mod loopdev;
-pub mod thin_pool;
+mod thin_pool;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

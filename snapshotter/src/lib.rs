@@ -10,6 +10,10 @@
 //! - [`overlay::OverlaySnapshotter`] (`overlayfs`) and
 //!   [`native::NativeSnapshotter`] (`native`): the backends, each
 //!   `new(root)`; they share the root layout in `base` (private).
+//! - [`devmapper::DevmapperSnapshotter`] (`devmapper`): thin block devices
+//!   with their own filesystem, children as block-level clones (loop
+//!   driver: reflinked image files; dm-thin driver: `dmsetup`),
+//!   `new(root, &DevmapperConfig)`.
 //! - [`aufs::AufsSnapshotter`] (`aufs`): AUFS branches with whiteout files,
 //!   mounted by kernel aufs or the `berth-aufs` FUSE union.
 //! - [`storage`]: a backend's transactional metadata (redb `metadata.db`).

@@ -4,11 +4,11 @@
 //! parent; commit freezes it (its device goes away); remove frees only the
 //! blocks the snapshot owns.
 //!
-//! Two pool drivers behind [`PoolDriver`]:
-//! - [`loop_pool`] (`loop`): image files on a reflink-capable pool
+//! Two pool drivers behind the private `PoolDriver` trait:
+//! - `loop_pool` (`loop`): image files on a reflink-capable pool
 //!   filesystem, clones by `FICLONE`, attached through loop devices. Works
 //!   wherever loop devices do.
-//! - [`thin_pool`] (`dm-thin`): a device-mapper thin pool driven with
+//! - `thin_pool` (`dm-thin`): a device-mapper thin pool driven with
 //!   `dmsetup`, as containerd's devmapper; needs `/dev/mapper/control`.
 //!
 //! Layout: `<root>/metadata.db` (the backend's records, [`crate::storage`]),

@@ -292,6 +292,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The changes of one setattr request.
+struct SetAttr {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
 struct Created {
     attr: FileAttr,
     file: Option<File>,
@@ -725,17 +735,15 @@ impl UnionFs {
         Ok(())
     }
 
-    fn setattr_impl(
-        &self,
-        id: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        fh: Option<FileHandle>,
-    ) -> io::Result<FileAttr> {
+    fn setattr_impl(&self, id: u64, a: SetAttr, fh: Option<FileHandle>) -> io::Result<FileAttr> {
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        } = a;
         let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
         let path = self.copy_up(id)?;
         let meta = fs::symlink_metadata(&path)?;
@@ -906,7 +914,15 @@ impl Filesystem for UnionFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.setattr_impl(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        match self.setattr_impl(ino.0, a, fh) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(errno(&e)),
         }

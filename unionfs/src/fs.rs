@@ -18,14 +18,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -149,7 +149,16 @@ struct Node {
     layers: Vec<usize>,
     /// The passthrough backing file registered for this node and the branch it lives in:
     /// the kernel requires every open of one inode to share one backing file.
-    backing: Option<(Weak<BackingId>, usize)>,
+    backing: Option<Backing>,
+    /// Copied up while the kernel still had it open on a lower backing file: its names now
+    /// lead to a fresh node (see `UnionFs::retire`).
+    retired: bool,
+}
+
+struct Backing {
+    id: Weak<BackingId>,
+    branch: usize,
+    writable: bool,
 }
 
 /// Node ids double as `st_ino` (fuser sends `FileAttr::ino` as both).
@@ -226,6 +235,7 @@ impl Table {
             Some(node)
                 if !node.is_dir
                     && !meta.is_dir()
+                    && !node.retired
                     && !node.names.is_empty()
                     && node.layers.first() == layers.first() =>
             {
@@ -244,6 +254,7 @@ impl Table {
                 is_dir: meta.is_dir(),
                 layers,
                 backing: None,
+                retired: false,
             },
         );
         self.children.insert(key, id);
@@ -285,6 +296,7 @@ pub struct UnionFs {
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
     passthrough: AtomicBool,
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -323,6 +335,7 @@ impl UnionFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
+            notifier: Arc::new(OnceLock::new()),
         };
         // The root: every branch root down to the first opaque one.
         let mut layers = Vec::new();
@@ -342,6 +355,7 @@ impl UnionFs {
                 is_dir: true,
                 layers,
                 backing: None,
+                retired: false,
             },
         );
         t.next = INodeNo::ROOT.0;
@@ -528,10 +542,52 @@ impl UnionFs {
             let pdir = self.ensure_dir_rw(*p)?;
             fs::hard_link(&copied, pdir.join(n))?;
         }
+        let lower_open = self.open_on_lower(id);
         let mut t = lock(&self.table);
         t.devino.insert((meta.dev(), meta.ino()), id);
         t.node_mut(id)?.layers = vec![RW];
+        if lower_open {
+            self.retire(&mut t, id, (meta.dev(), meta.ino()));
+        }
         Ok(copied)
+    }
+
+    /// The kernel binds one passthrough backing file to an inode while it is open, so a file
+    /// copied up while open on its lower copy cannot be reopened on the new one under the same
+    /// node id. Its names are handed to a fresh node (the kernel is told to look them up
+    /// again); the old node keeps serving the files already open.
+    fn retire(&self, t: &mut Table, id: u64, rw_devino: (u64, u64)) {
+        let Some(node) = t.nodes.get_mut(&id) else {
+            return;
+        };
+        node.retired = true;
+        let names = node.names.clone();
+        for key in &names {
+            t.children.remove(key);
+        }
+        t.devino.remove(&rw_devino);
+        let notifier = self.notifier.get().cloned();
+        if let Some(notifier) = notifier {
+            // Not from this request's thread: the kernel may need locks held by other
+            // requests that wait for a worker.
+            let spawned = std::thread::Builder::new()
+                .name("inval".into())
+                .spawn(move || {
+                    for (parent, name) in names {
+                        if let Err(e) = notifier.inval_entry(INodeNo(parent), &name) {
+                            debug!(error = %e, "inval_entry");
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                debug!(error = %e, "spawning the invalidation thread");
+            }
+        }
+    }
+
+    /// Where the session's notifier goes once the session exists.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     /// Creates `.wh.<name>` in the rw copy of `parent`.
@@ -774,30 +830,52 @@ impl UnionFs {
         Ok(to_attr(&fs::symlink_metadata(&path)?, id, false))
     }
 
-    /// Opens the backing file of node `id`: the rw copy for writing (after copy-up), the
-    /// topmost instance for reading.
-    fn open_backing_file(&self, id: u64, flags: OpenFlags) -> io::Result<(File, usize)> {
+    /// Opens the backing file of node `id`: the rw copy (after copy-up) for writing, the
+    /// topmost instance for reading. Returns the file, its branch and whether it is writable.
+    ///
+    /// Files in the rw branch are opened read-write even for readers where possible: one
+    /// passthrough backing file serves every open of an inode, so it must allow both. The
+    /// kernel applies each open's own mode and O_APPEND/O_DIRECT before reaching it.
+    fn open_backing_file(&self, id: u64, flags: OpenFlags) -> io::Result<(File, usize, bool)> {
         let acc = flags.acc_mode();
         let write = acc != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        let mut opts = OpenOptions::new();
-        match acc {
-            OpenAccMode::O_RDONLY => opts.read(true),
-            OpenAccMode::O_WRONLY => opts.write(true),
-            OpenAccMode::O_RDWR => opts.read(true).write(true),
-        };
-        // O_APPEND and O_DIRECT matter for passthrough I/O; the rest was handled by the kernel.
-        opts.custom_flags(
-            flags.0 & (libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC),
-        );
+        let rw_open = |path: &Path| OpenOptions::new().read(true).write(true).open(path);
         if write {
             let _g = self.ns.write().unwrap_or_else(|p| p.into_inner());
             let path = self.copy_up(id)?;
-            Ok((opts.open(path)?, RW))
-        } else {
-            let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
-            let (rel, layers, _) = self.info(id)?;
-            Ok((opts.open(self.path_in(layers[0], &rel))?, layers[0]))
+            return Ok((rw_open(&path)?, RW, true));
         }
+        let _g = self.ns.read().unwrap_or_else(|p| p.into_inner());
+        let (rel, layers, _) = self.info(id)?;
+        let path = self.path_in(layers[0], &rel);
+        if layers[0] == RW && self.writable {
+            // A running executable (ETXTBSY) or the like: fall back to read-only.
+            if let Ok(f) = rw_open(&path) {
+                return Ok((f, RW, true));
+            }
+        }
+        Ok((File::open(&path)?, layers[0], false))
+    }
+
+    /// Whether the kernel may hold node `id` open on a lower-branch backing file. The kernel
+    /// sends RELEASE asynchronously after close(2), so a just-closed reader gets a moment
+    /// (another worker handles its release) before it counts as open.
+    fn open_on_lower(&self, id: u64) -> bool {
+        let check = || {
+            let t = lock(&self.table);
+            t.nodes.get(&id).is_some_and(|n| {
+                n.backing
+                    .as_ref()
+                    .is_some_and(|b| b.branch != RW && b.id.strong_count() > 0)
+            })
+        };
+        for _ in 0..50 {
+            if !check() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        check()
     }
 
     /// Registers (or reuses) the node's passthrough backing file. `None`: serve I/O here.
@@ -805,33 +883,40 @@ impl UnionFs {
         &self,
         id: u64,
         branch: usize,
+        writable: bool,
         file: &File,
         register: impl FnOnce(&File) -> io::Result<BackingId>,
-    ) -> io::Result<Option<Arc<BackingId>>> {
+    ) -> Option<Arc<BackingId>> {
         if !self.passthrough.load(Ordering::Relaxed) {
-            return Ok(None);
+            return None;
         }
         let mut t = lock(&self.table);
-        let node = t.node_mut(id)?;
-        if let Some((weak, b)) = &node.backing {
-            if let Some(existing) = weak.upgrade() {
-                if *b == branch {
-                    return Ok(Some(existing));
+        let node = t.node_mut(id).ok()?;
+        if let Some(b) = &node.backing {
+            let fits = b.branch == branch && (b.writable || !writable);
+            // A retired node is the file as it was before copy-up: readers keep its backing.
+            let old_inode = node.retired && !writable;
+            if fits || old_inode {
+                if let Some(existing) = b.id.upgrade() {
+                    return Some(existing);
                 }
-                // Still open on the lower file while this open needs the copied-up one:
-                // the kernel cannot switch an open inode's backing file.
-                return Err(err(libc::EBUSY));
             }
         }
+        // A different backing file (e.g. after copy-up). If the kernel still has the old one
+        // in use by an open file, it refuses this open with EBUSY by itself.
         match register(file) {
-            Ok(id) => {
-                let id = Arc::new(id);
-                node.backing = Some((Arc::downgrade(&id), branch));
-                Ok(Some(id))
+            Ok(bid) => {
+                let bid = Arc::new(bid);
+                node.backing = Some(Backing {
+                    id: Arc::downgrade(&bid),
+                    branch,
+                    writable,
+                });
+                Some(bid)
             }
             Err(e) => {
                 debug!(error = %e, "passthrough registration failed; serving I/O in userspace");
-                Ok(None)
+                None
             }
         }
     }
@@ -869,7 +954,9 @@ impl Filesystem for UnionFs {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         // Passthrough: the kernel does reads and writes on the backing file itself. Depth 2
         // lets branches live on overlayfs; nothing is meant to stack on top of this mount.
-        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        let wanted = std::env::var_os("BERTH_AUFS_PASSTHROUGH").is_none_or(|v| v != "0");
+        if wanted
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok()
         {
             self.passthrough.store(true, Ordering::Relaxed);
@@ -1097,8 +1184,19 @@ impl Filesystem for UnionFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let res = (|| {
-            let (file, branch) = self.open_backing_file(ino.0, flags)?;
-            let backing = self.backing_for(ino.0, branch, &file, |f| reply.open_backing(f))?;
+            let (file, branch, writable) = self.open_backing_file(ino.0, flags)?;
+            let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+            let retired = lock(&self.table)
+                .nodes
+                .get(&ino.0)
+                .is_some_and(|n| n.retired);
+            if write && retired && self.open_on_lower(ino.0) {
+                // Open for reading on the lower file by the kernel's inode for this node; the
+                // copy-up gave the name a new node, but this open is bound to the old one.
+                return Err(err(libc::ETXTBSY));
+            }
+            let backing =
+                self.backing_for(ino.0, branch, writable, &file, |f| reply.open_backing(f));
             let fh = self.new_fh();
             let read_only = branch != RW || flags.acc_mode() == OpenAccMode::O_RDONLY;
             lock(&self.handles).insert(
@@ -1386,7 +1484,7 @@ impl Filesystem for UnionFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
         let perm = mode & !umask & 0o7777;
@@ -1399,25 +1497,21 @@ impl Filesystem for UnionFs {
                     name,
                     Some(perm),
                     |path| {
-                        let mut opts = OpenOptions::new();
-                        match flags & libc::O_ACCMODE {
-                            libc::O_RDONLY => opts.read(true),
-                            libc::O_WRONLY => opts.write(true),
-                            _ => opts.read(true).write(true),
-                        };
-                        // Read access too, so the handle can serve reads if O_RDWR is later
-                        // emulated; creation itself needs write.
-                        opts.write(true)
+                        // Read-write whatever the caller asked: it becomes the inode's shared
+                        // passthrough backing file (see `open_backing_file`).
+                        let opts = OpenOptions::new()
+                            .read(true)
+                            .write(true)
                             .create_new(true)
                             .mode(perm)
-                            .custom_flags(flags & (libc::O_APPEND | libc::O_DIRECT));
+                            .clone();
                         Ok(Some(opts.open(path)?))
                     },
                     None,
                 )?
             };
             let file = created.file.ok_or_else(|| err(libc::EIO))?;
-            let backing = self.backing_for(id, RW, &file, |f| reply.open_backing(f))?;
+            let backing = self.backing_for(id, RW, true, &file, |f| reply.open_backing(f));
             let fh = self.new_fh();
             lock(&self.handles).insert(
                 fh,

@@ -82,8 +82,12 @@ pub fn mount_union(opts: &Options) -> Result<Mounted, MountError> {
     let mut config = Config::default();
     config.n_threads = Some(threads);
     config.clone_fd = true;
+    let notifier = fs.notifier_slot();
     match Session::from_fd(fs, OwnedFd::from(dev), SessionACL::All, config) {
-        Ok(session) => Ok(Mounted { session, threads }),
+        Ok(session) => {
+            let _ = notifier.set(session.notifier());
+            Ok(Mounted { session, threads })
+        }
         Err(e) => {
             let _ = nix::mount::umount2(&opts.mountpoint, nix::mount::MntFlags::MNT_DETACH);
             Err(MountError::Handshake(e))

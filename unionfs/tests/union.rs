@@ -551,3 +551,30 @@ fn filetime(path: &Path, secs: i64) -> i64 {
     .expect("utimensat");
     secs
 }
+
+#[test]
+fn copy_up_while_a_reader_holds_the_lower_file() {
+    let u = layered();
+    u.mount_ok(u.mount_direct(&[&u.br()]));
+    let mut reader = fs::File::open(u.mnt("only2")).expect("open reader");
+    // The kernel binds an open inode to one passthrough file: a writer that arrives while
+    // the lower file is open may be refused once (ETXTBSY), never with a stuck inode.
+    match fs::OpenOptions::new().append(true).open(u.mnt("only2")) {
+        Ok(mut w) => std::io::Write::write_all(&mut w, b"+w1").expect("write"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}"),
+    }
+    let mut old = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut old).expect("read");
+    assert_eq!(old, "only2", "the open reader keeps the file as it was");
+    drop(reader);
+    let mut w = fs::OpenOptions::new()
+        .append(true)
+        .open(u.mnt("only2"))
+        .expect("open for append after the reader closed");
+    std::io::Write::write_all(&mut w, b"+w2").expect("write");
+    drop(w);
+    let now = fs::read_to_string(u.mnt("only2")).expect("read");
+    assert!(now.starts_with("only2") && now.ends_with("+w2"), "{now:?}");
+    assert_eq!(fs::read_to_string(u.p("rw/only2")).expect("rw"), now);
+    assert_eq!(fs::read_to_string(u.p("l2/only2")).expect("lower"), "only2");
+}

@@ -296,6 +296,9 @@ fn unlink_rmdir_and_mkdir_over_deleted_dir() {
     assert!(!u.p("rw/.wh.dir").exists(), "whiteout left behind");
     assert_eq!(names(u.mnt("dir")), Vec::<String>::new());
 
+    // Whiteout names cannot be created through the union.
+    assert_eq!(errno_of(fs::write(u.mnt(".wh.x"), "")), Some(libc::EPERM));
+
     // Re-creating a deleted file removes its whiteout.
     fs::write(u.mnt("a"), "again").expect("recreate");
     assert!(!u.p("rw/.wh.a").exists());
@@ -577,4 +580,70 @@ fn copy_up_while_a_reader_holds_the_lower_file() {
     assert!(now.starts_with("only2") && now.ends_with("+w2"), "{now:?}");
     assert_eq!(fs::read_to_string(u.p("rw/only2")).expect("rw"), now);
     assert_eq!(fs::read_to_string(u.p("l2/only2")).expect("lower"), "only2");
+}
+
+#[test]
+fn plain_ro_branches_ignore_whiteouts_and_mount_flags_apply() {
+    let u = layered();
+    // `ro` (without +wh): AUFS does not look for whiteouts there, but still hides the names.
+    let br = format!(
+        "br={}=rw:{}=ro:{}",
+        u.p("rw").display(),
+        u.p("l1").display(),
+        u.p("l2").display()
+    );
+    u.mount_ok(u.mount_direct(&[&br, "nosuid,nodev", "noexec"]));
+    assert_eq!(names(u.mnt("")), ["a", "d", "dir", "gone", "only2"]);
+    assert_eq!(names(u.mnt("d")), ["x", "y"]);
+    let target = u.p("mnt").canonicalize().expect("canonical");
+    let line = fs::read_to_string("/proc/self/mounts")
+        .expect("mounts")
+        .lines()
+        .find(|l| l.split(' ').nth(1) == target.to_str())
+        .map(str::to_owned)
+        .expect("mount line");
+    let opts = line.split(' ').nth(3).expect("options");
+    for flag in [
+        "nosuid",
+        "nodev",
+        "noexec",
+        "allow_other",
+        "default_permissions",
+    ] {
+        assert!(
+            opts.split(',').any(|o| o == flag),
+            "{flag} missing in {opts}"
+        );
+    }
+}
+
+#[test]
+fn foreground_mode_serves_until_unmounted() {
+    let u = layered();
+    let mut child = Command::new(BIN)
+        .arg("berth-aufs")
+        .arg(u.p("mnt"))
+        .arg("-o")
+        .arg(u.br())
+        .arg("--foreground")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !u.is_mounted() {
+        assert!(Instant::now() < deadline, "never mounted");
+        assert!(child.try_wait().expect("wait").is_none(), "exited early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fs::read_to_string(u.mnt("a")).expect("read"), "l1");
+    u.umount();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after umount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -14,6 +14,12 @@
 //! Reads must stay close to kernel overlayfs, so regular files are opened with FUSE passthrough
 //! (kernel ≥ 6.9): the kernel reads and writes the backing file directly and this process only
 //! sees open and close. Without passthrough, I/O is served here in requests of up to 1 MiB.
+//!
+//! Limits: the kernel binds one passthrough file to an open inode, so a write-open of a file
+//! that another process holds open on its lower copy is refused once with ETXTBSY (the name
+//! then gets a fresh inode; the reader keeps the old data, as with overlayfs). Hard links are
+//! copied up together for the names already looked up. `RENAME_EXCHANGE` and
+//! `RENAME_WHITEOUT` are not supported (EINVAL).
 
 pub mod copyup;
 pub mod fs;

@@ -24,6 +24,7 @@
 pub mod copyup;
 pub mod fs;
 pub mod mount;
+mod nodes;
 pub mod options;
 mod sys;
 

@@ -302,6 +302,16 @@ impl Snapshots<'_> {
             .map_err(|e| Error::snapshotter(format!("snapshot {key:?}"), e))
     }
 
+    /// Bytes the snapshot shares with others (block-sharing backends), from
+    /// the backend; `None` where it does not track sharing.
+    pub fn shared_usage(&self, ns: &str, key: &str) -> Result<Option<i64>> {
+        let bkey = self.resolve(ns, key)?;
+        self.reg
+            .backend
+            .shared_usage(&bkey)
+            .map_err(|e| Error::snapshotter(format!("snapshot {key:?}"), e))
+    }
+
     /// The mounts of an active snapshot or a view, from the backend.
     pub fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>> {
         let bkey = self.resolve(ns, key)?;

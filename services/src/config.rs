@@ -26,6 +26,16 @@ pub struct Config {
     pub metadata: MetadataConfig,
     pub gc: GcConfig,
     pub debug: DebugConfig,
+    pub snapshotter: SnapshotterConfig,
+}
+
+/// Settings of the snapshotter backends that have any.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotterConfig {
+    /// Block snapshotter: pool driver (`auto`, `loop`, `dm-thin`), sizes,
+    /// filesystems.
+    pub devmapper: berth_snapshotter::devmapper::DevmapperConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +90,7 @@ impl Default for Config {
             metadata: MetadataConfig::default(),
             gc: GcConfig::default(),
             debug: DebugConfig::default(),
+            snapshotter: SnapshotterConfig::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ use berth_proto::grpc::health::v1::health_server::HealthServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::config::{Config, KvBackend};
+use crate::config::{Config, KvBackend, SnapshotterConfig};
 use crate::containers::ContainersService;
 use crate::content::ContentService;
 use crate::diff::DiffService;
@@ -52,13 +52,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         KvBackend::Sled => bail!("metadata backend sled needs berthd built with --features sled"),
     };
     let root = config.root.clone();
+    let snapshotter_config = config.snapshotter.clone();
     let (content, db, uuid, snapshotters) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             // The stores are independent until the backends register with
             // the metadata store: open them all at once (each open waits on
             // its own fsyncs, and start-up time is what the client waits).
             std::thread::scope(|scope| {
-                let backends = open_snapshotters(scope, &root);
+                let backends = open_snapshotters(scope, &root, &snapshotter_config);
                 let content = Arc::new(
                     berth_content::Store::open(root.join("io.containerd.content.v1.content"))
                         .context("open content store")?,
@@ -183,6 +184,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&config.grpc.address);
     let _ = std::fs::remove_file(&ttrpc_address);
+    // Devices and mounts the backends hold (those of running containers
+    // stay until the containers' mounts go).
+    for s in &snapshotters {
+        if let Some(backend) = &s.backend {
+            backend.close();
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -195,6 +203,8 @@ const SNAPSHOTTER: &str = "io.containerd.snapshotter.v1";
 struct SnapshotterStatus {
     name: &'static str,
     root: PathBuf,
+    /// The backend, when it started (closed at shutdown).
+    backend: Option<Arc<dyn berth_snapshotter::Snapshotter>>,
     init_err: Option<String>,
 }
 
@@ -212,22 +222,31 @@ struct Opening<'scope> {
 fn open_snapshotters<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     root: &Path,
+    config: &SnapshotterConfig,
 ) -> Vec<Opening<'scope>> {
-    type Ctor = fn(&Path) -> BackendResult;
-    let backends: [(&'static str, Ctor); 3] = [
-        ("overlayfs", |p| {
-            Ok(Arc::new(
-                berth_snapshotter::overlay::OverlaySnapshotter::new(p)?,
-            ))
-        }),
-        ("native", |p| {
-            Ok(Arc::new(berth_snapshotter::native::NativeSnapshotter::new(
-                p,
-            )?))
-        }),
-        ("aufs", |p| {
-            Ok(Arc::new(berth_snapshotter::aufs::AufsSnapshotter::new(p)?))
-        }),
+    type Ctor = Box<dyn FnOnce(&Path) -> BackendResult + Send>;
+    let devmapper = config.devmapper.clone();
+    let backends: [(&'static str, Ctor); 4] = [
+        (
+            berth_snapshotter::overlay::NAME,
+            Box::new(|p| Ok(Arc::new(berth_snapshotter::OverlaySnapshotter::new(p)?))),
+        ),
+        (
+            berth_snapshotter::native::NAME,
+            Box::new(|p| Ok(Arc::new(berth_snapshotter::NativeSnapshotter::new(p)?))),
+        ),
+        (
+            berth_snapshotter::aufs::NAME,
+            Box::new(|p| Ok(Arc::new(berth_snapshotter::AufsSnapshotter::new(p)?))),
+        ),
+        (
+            berth_snapshotter::devmapper::NAME,
+            Box::new(move |p| {
+                Ok(Arc::new(
+                    berth_snapshotter::devmapper::DevmapperSnapshotter::new(p, &devmapper)?,
+                ))
+            }),
+        ),
     ];
     backends
         .into_iter()
@@ -256,20 +275,21 @@ fn register_snapshotters(
         let opened = handle
             .join()
             .map_err(|_| anyhow::anyhow!("snapshotter {name}: opening panicked"))?;
-        let init_err = match opened {
+        let (backend, init_err) = match opened {
             Ok(backend) => {
-                db.register_snapshotter(name, backend)
+                db.register_snapshotter(name, backend.clone())
                     .with_context(|| format!("snapshotter {name}: recover"))?;
-                None
+                (Some(backend), None)
             }
             Err(e) => {
                 tracing::warn!(snapshotter = name, error = %e, "snapshotter unavailable on this host");
-                Some(e.to_string())
+                (None, Some(e.to_string()))
             }
         };
         out.push(SnapshotterStatus {
             name,
             root,
+            backend,
             init_err,
         });
     }

@@ -131,4 +131,7 @@ pub trait Snapshotter: Send + Sync {
         let _ = key;
         Ok(None)
     }
+    /// Releases what the backend holds beyond its files (devices, mounts)
+    /// at daemon shutdown; a no-op for most backends.
+    fn close(&self) {}
 }

@@ -347,9 +347,9 @@ async fn errors_have_containerds_codes() {
 
     // Unknown snapshotter, as containerd: InvalidArgument.
     expect_code(
-        prepare(&mut c, "aufs", "k", "", HashMap::new()).await,
+        prepare(&mut c, "zfs", "k", "", HashMap::new()).await,
         Code::InvalidArgument,
-        &["aufs"],
+        &["zfs"],
     );
     // No namespace.
     let mut anon = client(&d, Ctx::none()).await;
@@ -751,7 +751,7 @@ async fn introspection_lists_the_snapshotters() {
         .plugins;
     let mut ids: Vec<&str> = plugins.iter().map(|p| p.id.as_str()).collect();
     ids.sort();
-    assert_eq!(ids, vec!["aufs", "native", "overlayfs"]);
+    assert_eq!(ids, vec!["aufs", "devmapper", "native", "overlayfs"]);
     for p in &plugins {
         // All work on the CI hosts (overlayfs, FUSE and fuse3 are there).
         assert!(p.init_err.is_none(), "{}: {:?}", p.id, p.init_err);

@@ -20,7 +20,7 @@ pub const GC_ROOT_LABEL: &str = "containerd.io/gc.root";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Snapshotter to use (overlayfs, native). Default: the namespace's
+    /// Snapshotter to use (overlayfs, native, aufs, devmapper). Default: the namespace's
     /// `containerd.io/defaults/snapshotter` label, else overlayfs.
     #[arg(long, global = true, env = "BERTH_SNAPSHOTTER", default_value = "")]
     snapshotter: String,
@@ -356,6 +356,10 @@ async fn stat(g: &Global, sn: &str, key: &str) -> anyhow::Result<Info> {
         .unwrap_or_default())
 }
 
+/// Response header of Usage with the bytes a snapshot shares (berthd's
+/// `berth-shared-size`, sent by block-sharing backends).
+const SHARED_SIZE_HEADER: &str = "berth-shared-size";
+
 async fn usage(g: &Global, sn: &str, bytes: bool, keys: Vec<String>) -> anyhow::Result<()> {
     let keys = if keys.is_empty() {
         list(g, sn, Vec::new())
@@ -376,25 +380,46 @@ async fn usage(g: &Global, sn: &str, bytes: bool, keys: Vec<String>) -> anyhow::
                 key: key.clone(),
             })
             .await
-            .ctx(format_args!("snapshots usage {key}"))?
-            .into_inner();
-        rows.push((key, u.size, u.inodes));
+            .ctx(format_args!("snapshots usage {key}"))?;
+        // Block-sharing backends (devmapper) also say what is shared.
+        let shared = u
+            .metadata()
+            .get(SHARED_SIZE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        let u = u.into_inner();
+        rows.push((key, u.size, u.inodes, shared));
     }
+    let any_shared = rows.iter().any(|r| r.3.is_some());
     match g.format {
         Format::Json => output::json(&Value::Array(
             rows.iter()
-                .map(|(k, s, i)| json!({ "key": k, "size": s, "inodes": i }))
+                .map(|(k, s, i, sh)| match sh {
+                    Some(sh) => json!({ "key": k, "size": s, "inodes": i, "shared": sh }),
+                    None => json!({ "key": k, "size": s, "inodes": i }),
+                })
                 .collect(),
         ))?,
         Format::Table => {
-            let mut table = Table::new(&["KEY", "SIZE", "INODES"]);
-            for (key, size, inodes) in rows {
-                let size = if bytes {
-                    size.to_string()
+            let size = |n: i64| {
+                if bytes {
+                    n.to_string()
                 } else {
-                    output::human_size(size)
-                };
-                table.row(vec![key, size, inodes.to_string()]);
+                    output::human_size(n)
+                }
+            };
+            let mut table = if any_shared {
+                Table::new(&["KEY", "OWNED", "SHARED", "INODES"])
+            } else {
+                Table::new(&["KEY", "SIZE", "INODES"])
+            };
+            for (key, owned, inodes, shared) in rows {
+                let mut row = vec![key, size(owned)];
+                if any_shared {
+                    row.push(shared.map(size).unwrap_or_else(|| "-".into()));
+                }
+                row.push(inodes.to_string());
+                table.row(row);
             }
             table.print()?;
         }

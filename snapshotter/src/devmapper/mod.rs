@@ -451,6 +451,10 @@ impl Snapshotter for DevmapperSnapshotter {
         self.block_usage(key).map(|(_, shared)| Some(shared as i64))
     }
 
+    fn close(&self) {
+        DevmapperSnapshotter::close(self)
+    }
+
     fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let s = self.ms.read(|tx| tx.get_snapshot(key))?;
         let link = self.activate(&s.id, s.kind == Kind::View)?;

@@ -190,7 +190,7 @@ impl Snapshotter for AufsSnapshotter {
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        let id = self.base.ms.read(|tx| tx.get_snapshot(key))?.id;
+        let (id, _, _) = self.base.ms.read(|tx| tx.get_info(key))?;
         self.base.remove(key)?;
         let file = self.layers_file(&id);
         if let Err(e) = std::fs::remove_file(&file) {

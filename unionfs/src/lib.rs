@@ -9,7 +9,8 @@
 //! never show. Writes go to the single top `rw` branch: copy-up (data, owner, mode, xattrs,
 //! times) on first write or metadata change, whiteouts on deletion of lower entries, opaque
 //! markers on directories created over deleted ones. Renaming a directory that exists in a
-//! lower branch returns EXDEV (as aufs and overlayfs without redirect_dir do; `mv` copies).
+//! lower branch copies its merged tree up first (the moved copy is opaque), as fuse-overlayfs
+//! does, rather than returning EXDEV as aufs without `dirren` would.
 //!
 //! Reads must stay close to kernel overlayfs, so regular files are opened with FUSE passthrough
 //! (kernel ≥ 6.9): the kernel reads and writes the backing file directly and this process only

@@ -421,6 +421,34 @@ impl UnionFs {
         Ok(copied)
     }
 
+    /// Copies the whole merged directory `id` into the rw branch, so it can move as one entry:
+    /// every visible entry below it is copied up, and the rw copy becomes opaque since it now
+    /// holds all of it. Caller holds `ns` exclusively.
+    fn copy_up_tree(&self, id: u64) -> io::Result<()> {
+        self.check_writable()?;
+        self.ensure_dir_rw(id)?;
+        let (rel, layers, _) = self.info(id)?;
+        for (name, _, _, _) in self.list(&layers, &rel)? {
+            let Some((clayers, cmeta)) = self.resolve_child(&layers, &rel, &name)? else {
+                continue;
+            };
+            let cid = lock(&self.table).insert(id, &name, clayers, &cmeta);
+            if cmeta.is_dir() {
+                self.copy_up_tree(cid)?;
+            } else {
+                self.copy_up(cid)?;
+            }
+        }
+        if layers.len() > 1 {
+            let marker = self.path_in(RW, &rel).join(OPAQUE);
+            if !exists(&marker)? {
+                File::create(marker)?;
+            }
+        }
+        lock(&self.table).node_mut(id)?.layers = vec![RW];
+        Ok(())
+    }
+
     /// The kernel binds one passthrough backing file to an inode while it is open, so a file
     /// copied up while open on its lower copy cannot be reopened on the new one under the same
     /// node id. Its names are handed to a fresh node (the kernel is told to look them up
@@ -603,10 +631,6 @@ impl UnionFs {
             let mut t = lock(&self.table);
             t.insert(parent, name, slayers.clone(), &smeta)
         };
-        if smeta.is_dir() && slayers != [RW] {
-            // Like aufs and overlayfs without redirect_dir: mv falls back to copy + delete.
-            return Err(err(libc::EXDEV));
-        }
         if parent == newparent && name == newname {
             return Ok(());
         }
@@ -631,7 +655,14 @@ impl UnionFs {
                 (false, false) => {}
             }
         }
-        self.copy_up(sid)?;
+        if smeta.is_dir() && slayers != [RW] {
+            // A directory with lower parts moves whole: its merged tree is copied up first
+            // (as fuse-overlayfs does; aufs without dirren and overlayfs without redirect_dir
+            // return EXDEV instead, which tools that rename directories do not all handle).
+            self.copy_up_tree(sid)?;
+        } else {
+            self.copy_up(sid)?;
+        }
         let src = self.ensure_dir_rw(parent)?.join(name);
         let ndir = self.ensure_dir_rw(newparent)?;
         let dst = ndir.join(newname);

@@ -4,12 +4,12 @@
 //!
 //! For every snapshotter, on top of a committed parent holding a few small files:
 //! 1. Prepare / Commit / Remove latency over the Snapshots gRPC API (median, p90 of `--runs`,
-//!    after one untimed warm-up);
+//!    after one untimed warm-up round; the targets take turns, round by round);
 //! 2. sequential write: a `--file-mib` file in a mounted active snapshot, 1 MiB writes, fsync
 //!    (MiB/s, median of `--io-runs`);
 //! 3. sequential read of a `--file-mib` file that lives in a committed lower layer, through
 //!    the mount of a child active snapshot, 1 MiB reads: cold (sync + drop_caches first),
-//!    then warm (the second read) (MiB/s, median of `--io-runs`);
+//!    then warm (the second read) (MiB/s, median of `--io-runs`, after one untimed round);
 //! 4. first-write copy-up of a 64 MiB lower-layer file: open for writing (no truncate),
 //!    write 1 byte at offset 0, fsync, close (median of `--copyup-runs`, a fresh child each).
 //!
@@ -18,9 +18,10 @@
 //!
 //! Both daemons run in their own temp root/state/socket under `--dir` (containerd with a
 //! generated `version = 2` config, CRI off; the system service is never touched); berthd is
-//! the one next to this executable. Every snapshot a target creates is under its own lease
-//! (so no GC takes it mid-run); at the end of the target it is removed and the lease deleted
-//! with a synchronous GC, so its disk space is back before the next target starts. Mounts go
+//! the one next to this executable. Every snapshot is created under a lease of its target
+//! (so no GC takes it mid-run); 2-4 run one target after the other, under a second lease that
+//! is deleted with a synchronous GC (`sync: true`) once the target's files are measured, so
+//! their gigabytes are off the disk before the next target starts. Mounts go
 //! through `berth_snapshotter::MountGuard` (bind, overlay, FUSE via `mount.fuse3`, block
 //! devices). A snapshotter the daemon did not register, or registered with an init error, is
 //! reported as unavailable and skipped. Cleanup, also on error and on SIGINT/SIGTERM: mounts
@@ -28,7 +29,7 @@
 //! temp dir removed. Needs root (mount, drop_caches).
 //!
 //! Run: `cargo run --release -p berth-tests --bin berth-bench-snapshotters -- [--file-mib 1024]
-//! [--runs 20] [--copyup-runs 5] [--io-runs 3] [--dir /var/tmp] [--snapshotters overlayfs,native,aufs,devmapper]`
+//! [--runs 20] [--copyup-runs 5] [--io-runs 5] [--dir /var/tmp] [--snapshotters overlayfs,native,aufs,devmapper]`
 //! (build berth-aufs first: `cargo build --release -p berth-unionfs`).
 
 use std::fmt::Write as _;
@@ -60,6 +61,7 @@ use berth_snapshotter::MountGuard;
 use berth_tests::{connect, Ctx, Svc};
 use clap::Parser;
 use tokio::time::timeout;
+use tonic::transport::Channel;
 
 /// How long a daemon gets from spawn to ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,7 +94,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     copyup_runs: usize,
     /// Rounds of the write and of the cold + warm read per snapshotter (median reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     io_runs: usize,
     /// berthd snapshotters, comma separated.
     #[arg(
@@ -402,13 +404,70 @@ async fn call<T>(
 struct Client {
     label: String,
     sn: String,
+    ch: Channel,
     snap: SnapshotsClient<Svc>,
+    /// The lease every snapshot of this client is created under (besides the I/O one).
+    lease: String,
     mnt: PathBuf,
     /// Snapshots that exist (keys of actives, names of committed), oldest first.
     live: Vec<String>,
 }
 
 impl Client {
+    /// Connects and creates the client's lease.
+    async fn open(d: &Daemon, sn: &str, tag: usize, mnt: PathBuf) -> Result<Client> {
+        let ch = connect(&d.socket)
+            .await
+            .with_context(|| format!("connect {}", d.socket.display()))?;
+        let lease = format!("berth-bench-{}-{tag}", std::process::id());
+        let c = Client {
+            label: format!("{} {sn}", d.kind.name()),
+            sn: sn.to_string(),
+            snap: SnapshotsClient::with_interceptor(ch.clone(), Ctx::ns(NAMESPACE).lease(&lease)),
+            ch,
+            lease: lease.clone(),
+            mnt,
+            live: Vec::new(),
+        };
+        c.create_lease(&lease).await?;
+        Ok(c)
+    }
+
+    async fn create_lease(&self, id: &str) -> Result<()> {
+        call(
+            &format!("{} Leases.Create {id}", self.label),
+            LeasesClient::with_interceptor(self.ch.clone(), Ctx::ns(NAMESPACE)).create(
+                LeaseCreate {
+                    id: id.to_string(),
+                    labels: Default::default(),
+                },
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes lease `id` and runs the GC now: what only it held is gone from disk after.
+    async fn delete_lease(&self, id: &str) -> Result<()> {
+        call(
+            &format!("{} Leases.Delete {id}", self.label),
+            LeasesClient::with_interceptor(self.ch.clone(), Ctx::ns(NAMESPACE)).delete(
+                LeaseDelete {
+                    id: id.to_string(),
+                    sync: true,
+                },
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Creates snapshots under lease `id` from now on.
+    fn use_lease(&mut self, id: &str) {
+        self.snap =
+            SnapshotsClient::with_interceptor(self.ch.clone(), Ctx::ns(NAMESPACE).lease(id));
+    }
+
     async fn prepare(&mut self, key: &str, parent: &str) -> Result<(Duration, Vec<Mount>)> {
         let t = Instant::now();
         let r = call(
@@ -485,7 +544,7 @@ impl Client {
         })
     }
 
-    /// Prepare on `parent`, mount, `fill` the mount, fsync, unmount, commit as `name`.
+    /// Prepare on `parent`, mount, `fill` the mount, unmount, commit as `name`.
     async fn layer(
         &mut self,
         name: &str,
@@ -502,10 +561,17 @@ impl Client {
         Ok(())
     }
 
-    /// Removes every live snapshot, newest first (children before parents); the first error.
-    async fn remove_all(&mut self) -> Result<()> {
-        let mut first = None;
-        while let Some(k) = self.live.last().cloned() {
+    /// Unmounts whatever a failed step left on the mount point, then removes the live
+    /// snapshots beyond the first `keep`, newest first (children before parents). Goes on
+    /// after errors; returns the first.
+    async fn clean_up(&mut self, keep: usize) -> Result<()> {
+        let mut first = berth_snapshotter::unmount_all(&self.mnt)
+            .with_context(|| format!("{}: unmount {}", self.label, self.mnt.display()))
+            .err();
+        while self.live.len() > keep {
+            let Some(k) = self.live.last().cloned() else {
+                break;
+            };
             if let Err(e) = self.remove(&k).await {
                 first.get_or_insert(e);
                 self.live.pop();
@@ -577,10 +643,31 @@ struct Figures {
     copyup: Vec<f64>,
 }
 
-enum Outcome {
-    Done(Figures),
+enum Status {
+    Ok,
     Unavailable(String),
-    Failed(Figures, String),
+    Failed(String),
+}
+
+/// One daemon + snapshotter.
+struct Target {
+    name: String,
+    client: Option<Client>,
+    f: Figures,
+    status: Status,
+}
+
+impl Target {
+    fn ok(&self) -> bool {
+        matches!(self.status, Status::Ok)
+    }
+
+    fn fail(&mut self, e: anyhow::Error) {
+        println!("{}: FAILED: {e:#}", self.name);
+        if self.ok() {
+            self.status = Status::Failed(format!("{e:#}"));
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -599,39 +686,69 @@ fn mib_s(mib: usize, d: Duration) -> f64 {
     mib as f64 / d.as_secs_f64().max(1e-9)
 }
 
-/// The four measurements on one daemon + snapshotter, filling `f` as they complete.
-async fn measure(c: &mut Client, args: &Args, chunk: &[u8], f: &mut Figures) -> Result<()> {
-    // Common parent: a directory with a few small files.
-    c.layer("base", "", |m| {
-        std::fs::create_dir(m.join("etc"))?;
-        for i in 0..BASE_FILES {
-            std::fs::write(m.join("etc").join(format!("f{i}")), &chunk[..4096])?;
-        }
-        Ok(())
-    })
-    .await?;
-
-    // 1. Prepare / Commit / Remove; round 0 is the warm-up.
-    for r in 0..=args.runs {
-        let key = format!("lat-{r}");
-        let name = format!("lat-{r}-c");
-        let (tp, _) = c.prepare(&key, "base").await?;
-        let tc = c.commit(&name, &key).await?;
-        let tr = c.remove(&name).await?;
-        if r > 0 {
-            f.prepare.push(ms(tp));
-            f.commit.push(ms(tc));
-            f.remove.push(ms(tr));
-        }
+/// Checks that the daemon has the snapshotter, opens the client (and its lease) and commits
+/// the common parent: a directory with a few small files.
+async fn setup(d: &Daemon, sn: &str, tag: usize, mnt: PathBuf, chunk: &[u8]) -> Target {
+    let mut t = Target {
+        name: format!("{} {sn}", d.kind.name()),
+        client: None,
+        f: Figures::default(),
+        status: Status::Ok,
+    };
+    match unavailable(&d.socket, sn).await {
+        Ok(None) => {}
+        Ok(Some(why)) => t.status = Status::Unavailable(why),
+        Err(e) => t.status = Status::Unavailable(format!("introspection: {e:#}")),
     }
-    println!(
-        "  {}: prepare {:.2} ms, commit {:.2} ms, remove {:.2} ms (median)",
-        c.label,
-        median(&f.prepare),
-        median(&f.commit),
-        median(&f.remove)
-    );
+    if !t.ok() {
+        return t;
+    }
+    let res = async {
+        std::fs::create_dir_all(&mnt).with_context(|| format!("mkdir {}", mnt.display()))?;
+        let c = t.client.insert(Client::open(d, sn, tag, mnt).await?);
+        c.layer("base", "", |m| {
+            std::fs::create_dir(m.join("etc"))?;
+            for i in 0..BASE_FILES {
+                std::fs::write(m.join("etc").join(format!("f{i}")), &chunk[..4096])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+    .await;
+    if let Err(e) = res {
+        // The first prepare + mount is where a snapshotter that cannot work here fails.
+        t.status = Status::Unavailable(format!("{e:#}"));
+    }
+    t
+}
 
+/// One Prepare / Commit / Remove round on top of the parent.
+async fn latency_round(c: &mut Client, r: usize) -> Result<[Duration; 3]> {
+    let key = format!("lat-{r}");
+    let name = format!("lat-{r}-c");
+    let (tp, _) = c.prepare(&key, "base").await?;
+    let tc = c.commit(&name, &key).await?;
+    let tr = c.remove(&name).await?;
+    Ok([tp, tc, tr])
+}
+
+/// Measurements 2-4 under a lease of their own, deleted (with a synchronous GC) at the end,
+/// so their gigabytes are off the disk before the next target starts.
+async fn io(c: &mut Client, args: &Args, chunk: &[u8], f: &mut Figures) -> Result<()> {
+    let lease = format!("{}-io", c.lease);
+    c.create_lease(&lease).await?;
+    c.use_lease(&lease);
+    let keep = c.live.len();
+    let res = io_phases(c, args, chunk, f).await;
+    let cleaned = c.clean_up(keep).await;
+    let base = c.lease.clone();
+    c.use_lease(&base);
+    let deleted = c.delete_lease(&lease).await;
+    res.and(cleaned).and(deleted)
+}
+
+async fn io_phases(c: &mut Client, args: &Args, chunk: &[u8], f: &mut Figures) -> Result<()> {
     // 2. Sequential write into an active snapshot on the parent; each round's file is
     //    unlinked afterwards (untimed) so the rounds do not add up on disk.
     let (_, mounts) = c.prepare("write", "base").await?;
@@ -669,7 +786,9 @@ async fn measure(c: &mut Client, args: &Args, chunk: &[u8], f: &mut Figures) -> 
     let path = g.target().join("big.bin");
     let want = (args.file_mib * MIB) as u64;
     let mut buf = vec![0u8; MIB];
-    for _ in 0..args.io_runs {
+    // Round 0 is untimed: the first cold read after the layer was written was the slowest
+    // and most erratic one here, on every snapshotter and daemon alike.
+    for r in 0..=args.io_runs {
         drop_caches()?;
         let t = Instant::now();
         let n = read_file(&path, &mut buf)?;
@@ -679,8 +798,10 @@ async fn measure(c: &mut Client, args: &Args, chunk: &[u8], f: &mut Figures) -> 
         let n = read_file(&path, &mut buf)?;
         let twarm = t.elapsed();
         ensure!(n == want, "warm read: {n} bytes, want {want}");
-        f.read_cold.push(mib_s(args.file_mib, tcold));
-        f.read_warm.push(mib_s(args.file_mib, twarm));
+        if r > 0 {
+            f.read_cold.push(mib_s(args.file_mib, tcold));
+            f.read_warm.push(mib_s(args.file_mib, twarm));
+        }
     }
     g.unmount().context("unmount read")?;
     c.remove("read").await?;
@@ -731,76 +852,15 @@ async fn measure(c: &mut Client, args: &Args, chunk: &[u8], f: &mut Figures) -> 
         f.copyup.push(ms(tcu));
     }
     println!(
-        "  {}: copy-up of a {COPYUP_MIB} MiB file: {:.1} ms (median)",
+        "  {}: copy-up of a {COPYUP_MIB} MiB file: {} ms",
         c.label,
-        median(&f.copyup)
+        f.copyup
+            .iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
-}
-
-/// Runs [`measure`] for one target under its own lease; removes what it created and deletes
-/// the lease with a synchronous GC afterwards, whatever happened.
-async fn target(
-    d: &Daemon,
-    sn: &str,
-    tag: usize,
-    mnt: &Path,
-    args: &Args,
-    chunk: &[u8],
-) -> Outcome {
-    let label = format!("{} {sn}", d.kind.name());
-    match unavailable(&d.socket, sn).await {
-        Ok(Some(why)) => return Outcome::Unavailable(why),
-        Ok(None) => {}
-        Err(e) => return Outcome::Unavailable(format!("introspection: {e:#}")),
-    }
-    let ch = match connect(&d.socket).await {
-        Ok(ch) => ch,
-        Err(e) => return Outcome::Failed(Figures::default(), format!("connect: {e}")),
-    };
-    let lease = format!("berth-bench-{}-{tag}", std::process::id());
-    let mut leases = LeasesClient::with_interceptor(ch.clone(), Ctx::ns(NAMESPACE));
-    if let Err(e) = call(
-        &format!("{label} Leases.Create"),
-        leases.create(LeaseCreate {
-            id: lease.clone(),
-            labels: Default::default(),
-        }),
-    )
-    .await
-    {
-        return Outcome::Failed(Figures::default(), format!("{e:#}"));
-    }
-    let mut c = Client {
-        label: label.clone(),
-        sn: sn.to_string(),
-        snap: SnapshotsClient::with_interceptor(ch, Ctx::ns(NAMESPACE).lease(&lease)),
-        mnt: mnt.to_path_buf(),
-        live: Vec::new(),
-    };
-    println!("{label} ...");
-    let mut f = Figures::default();
-    let res = measure(&mut c, args, chunk, &mut f).await;
-    // A failed step may have left its mount behind (guards are dropped by now).
-    if let Err(e) = berth_snapshotter::unmount_all(mnt) {
-        eprintln!("{label}: unmount {}: {e}", mnt.display());
-    }
-    let rm = c.remove_all().await;
-    let del = call(
-        &format!("{label} Leases.Delete"),
-        leases.delete(LeaseDelete {
-            id: lease,
-            sync: true,
-        }),
-    )
-    .await;
-    match (res, rm, del) {
-        (Ok(()), Ok(()), Ok(())) => Outcome::Done(f),
-        (Err(e), _, _) if f.prepare.is_empty() => Outcome::Unavailable(format!("{e:#}")),
-        (Err(e), _, _) | (Ok(()), Err(e), _) | (Ok(()), Ok(()), Err(e)) => {
-            Outcome::Failed(f, format!("{e:#}"))
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,26 +950,26 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-fn figures(o: &Outcome) -> Option<&Figures> {
-    match o {
-        Outcome::Done(f) | Outcome::Failed(f, _) => Some(f),
-        Outcome::Unavailable(_) => None,
-    }
+/// A target's figures, if it got to measure anything.
+fn figures(t: &Target) -> Option<&Figures> {
+    (!matches!(t.status, Status::Unavailable(_))).then_some(&t.f)
 }
 
-fn report(reference: &Outcome, results: &[(String, Outcome)]) {
-    let mut header = vec!["metric".to_string(), "containerd overlayfs".to_string()];
-    header.extend(results.iter().map(|(sn, _)| format!("berthd {sn} (x ctd)")));
-    let kind = |o: &Outcome| figures(o).map_or_else(|| "-".into(), |f| f.mount.clone());
+fn report(targets: &[Target]) {
+    let Some((reference, rest)) = targets.split_first() else {
+        return;
+    };
+    let mut header = vec!["metric".to_string(), reference.name.clone()];
+    header.extend(rest.iter().map(|t| format!("{} (x ctd)", t.name)));
+    let kind = |t: &Target| figures(t).map_or_else(|| "-".into(), |f| f.mount.clone());
     let mut rows = vec![std::iter::once("mount of a child".to_string())
-        .chain(std::iter::once(kind(reference)))
-        .chain(results.iter().map(|(_, o)| kind(o)))
+        .chain(targets.iter().map(kind))
         .collect::<Vec<_>>()];
     for (name, get) in METRICS {
         let base = figures(reference).and_then(get);
         let mut row = vec![name.to_string(), base.map_or_else(|| "-".into(), fmt_value)];
-        for (_, o) in results {
-            row.push(match figures(o).and_then(get) {
+        for t in rest {
+            row.push(match figures(t).and_then(get) {
                 None => "-".into(),
                 Some(v) => match base {
                     Some(b) if b > 0.0 => format!("{} ({:.2}x)", fmt_value(v), v / b),
@@ -920,32 +980,31 @@ fn report(reference: &Outcome, results: &[(String, Outcome)]) {
         rows.push(row);
     }
     table(&header, &rows);
-    println!("(ms: lower is better; MiB/s: higher is better; x ctd = berthd / containerd)");
-    for (sn, o) in std::iter::once(("containerd overlayfs".to_string(), reference))
-        .chain(results.iter().map(|(sn, o)| (format!("berthd {sn}"), o)))
-    {
-        match o {
-            Outcome::Done(_) => {}
-            Outcome::Unavailable(why) => println!("{sn}: unavailable: {why}"),
-            Outcome::Failed(_, why) => println!("{sn}: FAILED (figures up to the failure): {why}"),
+    println!(
+        "(ms: lower is better; MiB/s: higher is better; x ctd = value / {}'s)",
+        reference.name
+    );
+    for t in targets {
+        match &t.status {
+            Status::Ok => {}
+            Status::Unavailable(why) => println!("{}: unavailable: {why}", t.name),
+            Status::Failed(why) => {
+                println!("{}: FAILED (figures up to the failure): {why}", t.name)
+            }
         }
     }
 }
 
 /// The issue's target: the aufs FUSE path reaches at least half of overlayfs's read throughput.
-fn aufs_target(results: &[(String, Outcome)]) -> String {
+fn aufs_target(targets: &[Target]) -> String {
     let get = |name: &str| {
-        results
+        targets
             .iter()
-            .find(|(sn, _)| sn == name)
-            .and_then(|(_, o)| match o {
-                Outcome::Done(f) => Some(f),
-                _ => None,
-            })
-            .and_then(|f| Some((opt(median(&f.read_cold))?, opt(median(&f.read_warm))?)))
+            .find(|t| t.name == name && t.ok())
+            .and_then(|t| Some((opt(median(&t.f.read_cold))?, opt(median(&t.f.read_warm))?)))
     };
-    let (Some((ac, aw)), Some((oc, ow))) = (get("aufs"), get("overlayfs")) else {
-        return "n/a (aufs and overlayfs not both measured)".into();
+    let (Some((ac, aw)), Some((oc, ow))) = (get("berthd aufs"), get("berthd overlayfs")) else {
+        return "n/a (berthd aufs and overlayfs not both measured)".into();
     };
     let (rc, rw) = (ac / oc, aw / ow);
     format!(
@@ -1048,23 +1107,86 @@ async fn run(args: Args, exe_dir: PathBuf) -> Result<()> {
     )
     .await?;
     let db = Daemon::start(Kind::Berthd, &berthd, &base.path().join("berthd")).await?;
-    let mnt = base.path().join("mnt");
-    std::fs::create_dir_all(&mnt)?;
 
     let started = Instant::now();
-    let reference = target(&dc, "overlayfs", 0, &mnt, &args, &chunk).await;
-    if let Outcome::Unavailable(why) | Outcome::Failed(_, why) = &reference {
-        println!("  containerd overlayfs: {why}");
-    }
-    let mut results = Vec::new();
-    for (i, sn) in args.snapshotters.iter().enumerate() {
-        let o = target(&db, sn, i + 1, &mnt, &args, &chunk).await;
-        match &o {
-            Outcome::Done(_) => {}
-            Outcome::Unavailable(why) => println!("berthd {sn}: unavailable: {why}"),
-            Outcome::Failed(_, why) => println!("berthd {sn}: FAILED: {why}"),
+    // The reference first; every target has its own lease and mount point.
+    let mut targets = Vec::new();
+    for (i, (d, sn)) in std::iter::once((&dc, "overlayfs"))
+        .chain(args.snapshotters.iter().map(|s| (&db, s.as_str())))
+        .enumerate()
+    {
+        let mnt = base.path().join(format!("mnt-{i}"));
+        let t = setup(d, sn, i, mnt, &chunk).await;
+        if let Status::Unavailable(why) = &t.status {
+            println!("{}: unavailable: {why}", t.name);
         }
-        results.push((sn.clone(), o));
+        targets.push(t);
+    }
+
+    // 1. Prepare / Commit / Remove, the targets interleaved (a different one first in every
+    //    round), so a change in the machine's load hits them all alike; round 0 is a warm-up.
+    println!(
+        "prepare / commit / remove: {} rounds (+1 warm-up), targets interleaved ...",
+        args.runs
+    );
+    let n = targets.len();
+    for r in 0..=args.runs {
+        for k in 0..n {
+            let t = &mut targets[(k + r) % n];
+            if !t.ok() {
+                continue;
+            }
+            let Some(c) = t.client.as_mut() else {
+                continue;
+            };
+            match latency_round(c, r).await {
+                Ok([tp, tc, tr]) if r > 0 => {
+                    t.f.prepare.push(ms(tp));
+                    t.f.commit.push(ms(tc));
+                    t.f.remove.push(ms(tr));
+                }
+                Ok(_) => {}
+                Err(e) => t.fail(e),
+            }
+        }
+    }
+    for t in targets.iter().filter(|t| t.ok()) {
+        println!(
+            "  {}: prepare {:.2} ms, commit {:.2} ms, remove {:.2} ms (median)",
+            t.name,
+            median(&t.f.prepare),
+            median(&t.f.commit),
+            median(&t.f.remove)
+        );
+    }
+
+    // 2-4, one target after the other (each needs the disk to itself).
+    for t in targets.iter_mut() {
+        if !t.ok() {
+            continue;
+        }
+        let Some(c) = t.client.as_mut() else {
+            continue;
+        };
+        println!("{} ...", t.name);
+        if let Err(e) = io(c, &args, &chunk, &mut t.f).await {
+            t.fail(e);
+        }
+    }
+
+    // Every target's snapshots and lease, whatever happened above.
+    for t in targets.iter_mut() {
+        let Some(c) = t.client.as_mut() else {
+            continue;
+        };
+        let lease = c.lease.clone();
+        let res = match c.clean_up(0).await {
+            Ok(()) => c.delete_lease(&lease).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            t.fail(e.context("clean-up"));
+        }
     }
 
     println!();
@@ -1077,15 +1199,16 @@ async fn run(args: Args, exe_dir: PathBuf) -> Result<()> {
         args.copyup_runs,
         started.elapsed().as_secs_f64()
     );
-    report(&reference, &results);
+    report(&targets);
     println!();
     println!(
         "target (issue): aufs (FUSE) read throughput >= 1/2 of berthd overlayfs's: {}",
-        aufs_target(&results)
+        aufs_target(&targets)
     );
     println!("load average at the end: {}", loadavg());
     println!("command: {}", args.command());
 
+    drop(targets);
     drop(db);
     drop(dc);
     drop(kernel);

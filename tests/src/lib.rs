@@ -380,6 +380,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // What the killed daemon left mounted under its root (the devmapper
+        // pool) goes with the test, so its loop device is released too.
+        if let Err(e) = berth_snapshotter::mount::unmount_recursive(&self.root()) {
+            eprintln!("unmount leftovers under {}: {e}", self.root().display());
+        }
         if std::thread::panicking() {
             // The test failed: show what the daemon said (its tail) next to the panic.
             let log = self.log();

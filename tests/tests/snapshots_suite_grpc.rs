@@ -348,3 +348,13 @@ mod aufs {
 
     berth_snapshotter::snapshotter_suite_tests!("aufs", factory);
 }
+
+mod devmapper {
+    use super::*;
+
+    fn factory(root: &Path) -> Box<dyn Snapshotter> {
+        start(root, "devmapper")
+    }
+
+    berth_snapshotter::snapshotter_suite_tests!("devmapper", factory);
+}

@@ -5,6 +5,10 @@
 //! with its own filesystem; children are `FICLONE`s of their parent (blocks
 //! shared, nothing copied); images are attached through loop devices.
 //!
+//! The pool is created and mounted on first use, so a daemon that never
+//! makes a devmapper snapshot never formats, attaches or mounts anything;
+//! once `pool.img` exists, opening the driver mounts it (recovery needs it).
+//!
 //! Device lifetime: this driver holds every device it attached or adopted
 //! (see [`loopdev`]); dropping the hold detaches it, or, while it is
 //! mounted, lets the kernel detach it at unmount. The pool's own device is
@@ -27,12 +31,16 @@ pub(crate) struct LoopPool {
     images: PathBuf,
     fs_type: String,
     base_size: u64,
+    pool_fs: &'static str,
+    pool_size: u64,
+    /// Whether the pool is mounted and checked (see [`LoopPool::pool`]).
+    ready: Mutex<bool>,
     /// Devices this process holds, by image name.
     held: Mutex<HashMap<String, LoopDevice>>,
 }
 
 impl LoopPool {
-    /// Checks the host, then mounts (creating on first use) the pool.
+    /// Checks the host, then mounts the pool if it exists already.
     pub(crate) fn open(root: &Path, config: &DevmapperConfig) -> Result<LoopPool> {
         loopdev::check_support()?;
         let pool_fs = config.pool_fs.as_str();
@@ -63,21 +71,44 @@ impl LoopPool {
             images: root.join("pool").join("images"),
             fs_type: config.fs_type.as_str().to_string(),
             base_size: config.base_image_size,
+            pool_fs: config.pool_fs.as_str(),
+            pool_size: config.pool_size,
+            ready: Mutex::new(false),
             held: Mutex::new(HashMap::new()),
         };
-        pool.mount_pool(pool_fs, config.pool_size)?;
-        let checked = (|| {
-            if !pool.images.exists() {
-                fsutil::mkdir_mode(&pool.images, 0o700)?;
-            }
-            pool.check_reflink()
-        })();
-        if let Err(e) = checked {
-            // Unmount the pool again: the caller gets no driver to close.
-            pool.close();
-            return Err(e);
+        if pool.exists() {
+            pool.pool()?;
         }
         Ok(pool)
+    }
+
+    /// Whether the pool has been created (by this or an earlier instance).
+    fn exists(&self) -> bool {
+        self.pool_img.exists()
+    }
+
+    /// Mounts (creating it first if needed) and checks the pool, once.
+    fn pool(&self) -> Result<()> {
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        if *ready {
+            return Ok(());
+        }
+        self.mount_pool(self.pool_fs, self.pool_size)?;
+        let checked = (|| {
+            if !self.images.exists() {
+                fsutil::mkdir_mode(&self.images, 0o700)?;
+            }
+            self.check_reflink()
+        })();
+        if let Err(e) = checked {
+            // Leave nothing mounted behind a pool that cannot work.
+            if let Err(e) = nix::mount::umount(&self.pool_dir) {
+                tracing::warn!(error = %e, "devmapper: unmount unusable pool");
+            }
+            return Err(e);
+        }
+        *ready = true;
+        Ok(())
     }
 
     fn held(&self) -> MutexGuard<'_, HashMap<String, LoopDevice>> {
@@ -175,6 +206,7 @@ impl LoopPool {
 
 impl PoolDriver for LoopPool {
     fn create(&self, name: &str, parent: Option<&str>) -> Result<()> {
+        self.pool()?;
         let res = (|| match parent {
             None => {
                 let f = self.new_file(name)?;
@@ -198,18 +230,27 @@ impl PoolDriver for LoopPool {
     }
 
     fn publish(&self, staged: &str, id: &str) -> Result<()> {
+        self.pool()?;
         let (from, to) = (self.image(staged), self.image(id));
         std::fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))
     }
 
     fn delete(&self, name: &str) -> Result<()> {
         self.deactivate(name)?;
+        if !self.exists() {
+            return Ok(());
+        }
+        self.pool()?;
         fsutil::remove_all(&self.image(name))?;
         // Junk without the suffix (never created by this driver).
         fsutil::remove_all(&self.images.join(name))
     }
 
     fn names(&self) -> Result<Vec<String>> {
+        if !self.exists() {
+            return Ok(Vec::new());
+        }
+        self.pool()?;
         Ok(fsutil::read_dir_names(&self.images)?
             .into_iter()
             .filter_map(fsutil::os_to_string)
@@ -222,6 +263,7 @@ impl PoolDriver for LoopPool {
     }
 
     fn activate(&self, name: &str, read_only: bool) -> Result<PathBuf> {
+        self.pool()?;
         let mut held = self.held();
         let image = self.image(name);
         if let Some(d) = held.get(name) {
@@ -273,16 +315,19 @@ impl PoolDriver for LoopPool {
     }
 
     fn usage(&self, name: &str) -> Result<(u64, u64)> {
+        self.pool()?;
         let p = self.image(name);
         let f = File::open(&p).map_err(|e| Error::io("open", &p, e))?;
         dfs::extent_usage(&f).map_err(|e| Error::io("fiemap", &p, e))
     }
 
     fn fs_source(&self, name: &str) -> Result<PathBuf> {
+        self.pool()?;
         Ok(self.image(name))
     }
 
     fn pool_usage(&self) -> Result<u64> {
+        self.pool()?;
         let st = nix::sys::statvfs::statvfs(&self.pool_dir).map_err(|e| {
             Error::io(
                 "statfs",

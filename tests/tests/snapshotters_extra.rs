@@ -259,7 +259,7 @@ async fn devmapper_usage_shows_owned_and_shared_bytes() {
     let owned: u64 = row[1].parse().expect("owned bytes");
     let shared: u64 = row[2].parse().expect("shared bytes");
     assert!(
-        owned >= 2 << 20 && owned < 8 << 20,
+        (2 << 20..8 << 20).contains(&owned),
         "owned {owned}: the 2 MiB written plus filesystem metadata"
     );
     assert!(

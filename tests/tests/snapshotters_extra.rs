@@ -122,6 +122,15 @@ async fn aufs_diff_keeps_whiteouts_and_reapplies_identically_on_overlayfs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let top = import(&d, dir.path(), "aufs");
     assert_eq!(import(&d, dir.path(), "overlayfs"), top);
+    // The layers were applied to their branches as they are: the second
+    // layer's whiteout files sit in its branch, unconverted.
+    let branches = d.root().join("io.containerd.snapshotter.v1.aufs/diff");
+    let kept: Vec<PathBuf> = fs::read_dir(&branches)
+        .expect("branches")
+        .map(|e| e.expect("entry").path())
+        .filter(|b| b.join(".wh.gone-top").is_file() && b.join("opq/.wh..wh..opq").is_file())
+        .collect();
+    assert_eq!(kept.len(), 1, "one branch holds layer 2's whiteout files");
     let mut sc = SnapshotsClient::with_interceptor(d.channel().await, Ctx::ns(NS));
 
     // Changes through the union: deletions of lower files and directories

@@ -18,6 +18,9 @@ use crate::store::{
 use crate::timestamp;
 
 const HASH_BUF: usize = 1 << 20;
+/// Written data is handed to the kernel for write-back in pieces of this size, so the
+/// disk works while the client still sends and the fsync at commit has little left to do.
+const WRITEBACK_CHUNK: u64 = 8 << 20;
 
 /// What to write: the ingest reference and, when known, the size and digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub struct Writer {
     dir: PathBuf,
     reference: String,
     offset: u64,
+    /// Start of the data not yet handed to write-back.
+    writeback_from: u64,
     total: u64,
     expected: Option<Digest>,
     hasher: Sha256,
@@ -90,6 +95,7 @@ impl Writer {
             dir,
             reference,
             offset: 0,
+            writeback_from: 0,
             total,
             expected,
             hasher: Sha256::new(),
@@ -160,6 +166,7 @@ impl Writer {
         self.file = Some(file);
         self.hasher = hasher;
         self.offset = offset;
+        self.writeback_from = offset;
         self.started_at = status.started_at;
         self.updated_at = status.updated_at;
         Ok(true)
@@ -187,6 +194,7 @@ impl Writer {
         self.file = Some(open_data(&self.dir.join(DATA), true)?);
         self.hasher = Sha256::new();
         self.offset = 0;
+        self.writeback_from = 0;
         self.started_at = now;
         self.updated_at = now;
         Ok(())
@@ -247,6 +255,10 @@ impl Writer {
             }
             return Err(Error::io("write ingest data", self.dir.join(DATA), e));
         }
+        if end - self.writeback_from >= WRITEBACK_CHUNK {
+            start_writeback(file, self.writeback_from, end - self.writeback_from);
+            self.writeback_from = end;
+        }
         self.hasher.update(data);
         self.offset = end;
         self.updated_at = SystemTime::now();
@@ -277,6 +289,7 @@ impl Writer {
         }
         self.hasher = hasher;
         self.offset = offset;
+        self.writeback_from = self.writeback_from.min(offset);
         self.updated_at = SystemTime::now();
         Ok(())
     }
@@ -477,6 +490,30 @@ fn write_small(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
         }
     }
     fs::rename(&tmp, path).ctx("rename", path)
+}
+
+/// Starts asynchronous write-back of `len` bytes at `offset` (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`). Only a head start: durability still comes from the fsync at
+/// commit, so a failure is merely logged.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+    let rc = unsafe {
+        libc::sync_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            off,
+            n,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "sync_file_range failed");
+    }
 }
 
 fn remove_if_exists(path: &Path) -> Result<()> {

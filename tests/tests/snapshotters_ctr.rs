@@ -196,7 +196,13 @@ async fn devmapper_containers_share_the_image_blocks() {
         success(&ctr(&d, &all), &format!("ctr {args:?}"))
     };
     // The pool is made on first use: make it, then measure from there.
-    run(&["snapshots", "--snapshotter", "devmapper", "prepare", "probe"]);
+    run(&[
+        "snapshots",
+        "--snapshotter",
+        "devmapper",
+        "prepare",
+        "probe",
+    ]);
     let empty = used_bytes(&pool);
     run(&[
         "images",

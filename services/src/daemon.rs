@@ -39,6 +39,12 @@ use crate::version::VersionService;
 
 /// How long in-flight calls (and open event streams) get after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 flow-control windows and frame size: Content.Write clients send 1 MiB messages
+/// (containerd's and ours), which with hyper's defaults (1 MB windows, 16 KiB frames) stall
+/// on WINDOW_UPDATEs mid-message and cost 64 frames each.
+const H2_STREAM_WINDOW: u32 = 4 << 20;
+const H2_CONNECTION_WINDOW: u32 = 8 << 20;
+const H2_MAX_FRAME: u32 = 1 << 20;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     create_dir(&config.root, 0o711)?;
@@ -60,6 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // its own fsyncs, and start-up time is what the client waits).
             std::thread::scope(|scope| {
                 let backends = open_snapshotters(scope, &root, &snapshotter_config);
+                let uuid = scope.spawn(|| load_or_create_uuid(&root));
                 let content = Arc::new(
                     berth_content::Store::open(root.join("io.containerd.content.v1.content"))
                         .context("open content store")?,
@@ -72,7 +79,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     content.clone(),
                 )
                 .context("open metadata store")?;
-                let uuid = load_or_create_uuid(&root).context("server uuid")?;
+                let uuid = uuid
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("server uuid: panicked"))?
+                    .context("server uuid")?;
                 let snapshotters = register_snapshotters(backends, &db)?;
                 Ok((content, db, uuid, snapshotters))
             })
@@ -120,6 +130,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let router = tonic::transport::Server::builder()
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
         .layer(OversizeLayer)
         .add_service(svc!(VersionServer, VersionService))
         .add_service(svc!(HealthServer, HealthService))

@@ -94,7 +94,12 @@ impl MetaStore {
             e => Error::Storage(format!("open {}: {e}", path.display())),
         })?;
         let store = MetaStore { db };
-        store.write(|tx| {
+        if store.is_current()? {
+            return Ok(store);
+        }
+        // Creating the tables and the version need not be durable: a crash that loses
+        // them has them created again here, and the first durable commit persists them.
+        store.write_with(Durability::None, |tx| {
             tx.tx
                 .open_table(SNAPSHOTS)
                 .map_err(storage_err("create table"))?;
@@ -127,6 +132,31 @@ impl MetaStore {
         Ok(store)
     }
 
+    /// True if the tables exist and the schema version is this build's: nothing to set up.
+    fn is_current(&self) -> Result<bool> {
+        let tx = self.db.begin_read().map_err(storage_err("begin read"))?;
+        for table in [
+            tx.open_untyped_table(SNAPSHOTS),
+            tx.open_untyped_table(CHILDREN),
+        ] {
+            match table {
+                Ok(_) => {}
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+                Err(e) => return Err(storage_err("open table")(e)),
+            }
+        }
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(storage_err("open table")(e)),
+        };
+        let version = meta
+            .get("version")
+            .map_err(storage_err("get version"))?
+            .map(|v| v.value());
+        Ok(version == Some(SCHEMA_VERSION))
+    }
+
     /// Runs `f` in a read transaction (a consistent snapshot).
     pub fn read<T>(&self, f: impl FnOnce(&ReadTx) -> Result<T>) -> Result<T> {
         let tx = self.db.begin_read().map_err(storage_err("begin read"))?;
@@ -142,8 +172,16 @@ impl MetaStore {
     /// Runs `f` in a write transaction, committed (durably) if `f` succeeds
     /// and rolled back if it fails.
     pub fn write<T>(&self, f: impl FnOnce(&mut WriteTx) -> Result<T>) -> Result<T> {
+        self.write_with(Durability::Immediate, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut WriteTx) -> Result<T>,
+    ) -> Result<T> {
         let mut tx = self.db.begin_write().map_err(storage_err("begin write"))?;
-        tx.set_durability(Durability::Immediate)
+        tx.set_durability(durability)
             .map_err(storage_err("set durability"))?;
         let mut wtx = WriteTx { tx };
         match f(&mut wtx) {

@@ -40,12 +40,25 @@ impl RedbStore {
                 source: format!("{}: {e}", path.display()).into(),
             },
         })?;
-        // Make sure the table exists so read transactions can always open it.
-        let mut tx = db.begin_write().map_err(err("begin write"))?;
-        tx.set_durability(Durability::Immediate)
-            .map_err(err("set durability"))?;
-        tx.open_table(TABLE).map_err(err("create table"))?;
-        tx.commit().map_err(err("commit"))?;
+        // Make sure the table exists so read transactions can always open it. The creation
+        // need not be durable: it is redone here if a crash loses it, and the first
+        // durable commit persists it.
+        let exists = match db
+            .begin_read()
+            .map_err(err("begin read"))?
+            .open_table(TABLE)
+        {
+            Ok(_) => true,
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(err("open table")(e)),
+        };
+        if !exists {
+            let mut tx = db.begin_write().map_err(err("begin write"))?;
+            tx.set_durability(Durability::None)
+                .map_err(err("set durability"))?;
+            tx.open_table(TABLE).map_err(err("create table"))?;
+            tx.commit().map_err(err("commit"))?;
+        }
         Ok(RedbStore { db })
     }
 }

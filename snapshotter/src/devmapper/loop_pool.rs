@@ -296,6 +296,11 @@ impl PoolDriver for LoopPool {
     }
 
     fn sweep(&self, keep: &dyn Fn(&str) -> bool) -> Result<()> {
+        // No pool image and no (still mounted) images directory: no device can back an
+        // image, so the scan of every loop device in sysfs is skipped.
+        if !self.exists() && !self.images.exists() {
+            return Ok(());
+        }
         let held = self.held();
         for a in loopdev::list()? {
             let Ok(rel) = a.backing.strip_prefix(&self.images) else {

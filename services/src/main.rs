@@ -23,6 +23,7 @@ mod version;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
@@ -90,13 +91,19 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let filter = EnvFilter::try_new(&config.debug.level)
-        .map_err(|e| anyhow::anyhow!("invalid log level {:?}: {e}", config.debug.level))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A plain level (the usual case) needs no directive matching: a static level filter
+    // keeps EnvFilter's per-callsite machinery out of start-up and out of memory.
+    match config.debug.level.parse::<LevelFilter>() {
+        Ok(level) => logs.with_max_level(level).init(),
+        Err(_) => {
+            let filter = EnvFilter::try_new(&config.debug.level)
+                .map_err(|e| anyhow::anyhow!("invalid log level {:?}: {e}", config.debug.level))?;
+            logs.with_env_filter(filter).init();
+        }
+    }
 
     path_with_own_dir();
     let runtime = tokio::runtime::Builder::new_multi_thread()

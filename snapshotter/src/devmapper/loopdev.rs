@@ -155,8 +155,13 @@ pub fn attach(file: &Path, read_only: bool) -> Result<LoopDevice> {
             .open(&path)
         {
             Ok(f) => f,
-            // Just removed by someone (loop_control remove): try another.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Just removed by someone (loop_control remove), or still being
+            // torn down after an autoclear detach (ENXIO): try another.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) =>
+            {
+                continue
+            }
             Err(e) => return Err(Error::io("open", &path, e)),
         };
         match configure(&dev, &backing, file, flags) {

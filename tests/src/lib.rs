@@ -4,6 +4,8 @@
 //! Every [`Daemon`] owns its directory (`/tmp/berth-XXXXXX/`, short enough for a unix socket
 //! path) and kills its process on drop, so tests run in parallel without sharing anything.
 
+pub mod bench;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -400,22 +402,32 @@ impl Drop for Daemon {
     }
 }
 
-/// Connects a tonic channel to a unix socket.
+/// Connects a tonic channel to a unix socket; requests time out after 120 s.
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    connect_with(path, Some(Duration::from_secs(120))).await
+}
+
+/// [`connect`] with a request timeout of choice: `None` for none, e.g. for streams that may
+/// run for minutes.
+pub async fn connect_with(
+    path: &Path,
+    request_timeout: Option<Duration>,
+) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_path_buf();
     // The URI is required by the API but unused: the connector dials the socket.
-    Endpoint::try_from("http://[::]:50051")?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
+    let mut ep = Endpoint::try_from("http://[::]:50051")?.connect_timeout(Duration::from_secs(5));
+    if let Some(t) = request_timeout {
+        ep = ep.timeout(t);
+    }
+    ep.connect_with_connector(tower::service_fn(move |_| {
+        let p = path.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(p).await?,
+            ))
+        }
+    }))
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

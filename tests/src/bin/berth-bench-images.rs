@@ -21,9 +21,8 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,16 +32,15 @@ use berth_archive::corpus::LayerBuilder;
 use berth_archive::writer::TarEntry;
 use berth_archive::Compression;
 use berth_image::testimage::{build, oci_layout_tar};
+use berth_tests::bench::{
+    self, berthd_path, detach_mounts_below, drop_caches, exit_code, median, DaemonSpec, Kind,
+};
 use clap::Parser;
 
 /// Namespace the images are imported in.
 const NAMESPACE: &str = "berth-bench";
 /// Name of the generated image.
 const IMAGE: &str = "docker.io/library/berth-bench-images:latest";
-/// How long a daemon gets from spawn to ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a daemon gets to exit after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// mtime of every generated entry.
 const MTIME: i64 = 1_700_000_000;
 
@@ -317,56 +315,10 @@ fn build_from_parts(parts: &[berth_image::testimage::Built]) -> berth_image::tes
 // Daemons
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Berthd,
-    Containerd,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Berthd => "berthd",
-            Kind::Containerd => "containerd",
-        }
-    }
-}
-
-/// containerd plugins that fail or skip on this kind of host, or reach outside the temp root.
-const CONTAINERD_DISABLED: &[&str] = &[
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.internal.v1.opt",
-];
-
-/// Detaches every mount at or under `dir` (deepest first).
-fn unmount_under(dir: &Path) {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let prefix = dir.to_string_lossy().to_string();
-    let mut points: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| p.replace("\\040", " "))
-        .filter(|p| p == &prefix || p.starts_with(&format!("{prefix}/")))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-/// One running daemon in its own fresh directory. Stopped, mounts detached and its directory
-/// removed on drop.
+/// One daemon in its own fresh directory. Stopped, mounts below it detached and the
+/// directory removed on drop.
 struct Daemon {
-    kind: Kind,
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
+    inner: bench::Daemon,
     dir: tempfile::TempDir,
 }
 
@@ -376,140 +328,48 @@ impl Daemon {
             .prefix(&format!("bench-images-{}-", kind.name()))
             .tempdir_in(&args.dir)
             .context("create daemon directory")?;
-        let root = dir.path().join("root");
-        let state = dir.path().join("state");
-        let socket = dir.path().join("d.sock");
-        let config = dir.path().join("config.toml");
-        let log = dir.path().join("log");
-        let mut cmd = match kind {
-            Kind::Berthd => {
-                std::fs::write(&config, "").context("write berthd config")?;
-                let mut c = Command::new(berthd);
-                c.arg("--config")
-                    .arg(&config)
-                    .arg("--root")
-                    .arg(&root)
-                    .arg("--state")
-                    .arg(&state)
-                    .arg("--address")
-                    .arg(&socket)
-                    .arg("--log-level")
-                    .arg(&args.berthd_log_level);
-                c
-            }
-            Kind::Containerd => {
-                let disabled = CONTAINERD_DISABLED
-                    .iter()
-                    .map(|p| format!("{p:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let text = format!(
-                    "version = 2\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = [{disabled}]\n\n\
-                     [grpc]\n  address = {sock:?}\n\n[ttrpc]\n  address = {ttrpc:?}\n\n\
-                     [debug]\n  level = \"warn\"\n",
-                    root = root.display().to_string(),
-                    state = state.display().to_string(),
-                    sock = socket.display().to_string(),
-                    ttrpc = format!("{}.ttrpc", socket.display()),
-                );
-                std::fs::write(&config, text).context("write containerd config")?;
-                let mut c = Command::new(&args.containerd);
-                c.arg("--config").arg(&config);
-                c
-            }
+        let bin = match kind {
+            Kind::Berthd => berthd,
+            Kind::Containerd => &args.containerd,
         };
-        let logf = File::create(&log).context("create daemon log")?;
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone().context("dup log fd")?)
-            .stderr(logf);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", kind.name()))?;
+        let spec = DaemonSpec {
+            log_level: &args.berthd_log_level,
+            ..DaemonSpec::new(kind, bin, dir.path())
+        };
         Ok(Daemon {
-            kind,
-            child: Some(child),
-            socket,
-            log,
+            inner: bench::Daemon::spawn(&spec)?,
             dir,
         })
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.inner.pid()
     }
 
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+    fn socket(&self) -> &Path {
+        self.inner.socket()
     }
 
-    /// Polls `ctr version` until the daemon answers.
+    /// Polls `ctr version` (what this bench measures with) until the daemon answers.
     fn wait_ready(&mut self, args: &Args) -> Result<()> {
-        let start = Instant::now();
         loop {
             check_cancel()?;
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "{} exited during start-up ({status}); log:\n{}",
-                    self.kind.name(),
-                    self.log_tail()
-                );
-            }
-            if self.socket.exists()
-                && ctr(args, &self.socket, &["version"], Duration::from_secs(5)).is_ok()
+            self.inner.check_alive()?;
+            if self.socket().exists()
+                && ctr(args, self.socket(), &["version"], Duration::from_secs(5)).is_ok()
             {
                 return Ok(());
             }
-            if start.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "{} not ready within {READY_TIMEOUT:?}; log:\n{}",
-                    self.kind.name(),
-                    self.log_tail()
-                );
-            }
+            self.inner.check_ready_timeout()?;
             thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                // SAFETY: plain kill(2) on our own child.
-                unsafe {
-                    libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-                }
-                let deadline = Instant::now() + STOP_TIMEOUT;
-                while Instant::now() < deadline {
-                    if child.try_wait().ok().flatten().is_some() {
-                        break;
-                    }
-                    thread::sleep(Duration::from_millis(5));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        unmount_under(self.dir.path());
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.stop();
+        self.inner.stop();
+        detach_mounts_below(self.dir.path());
     }
 }
 
@@ -552,13 +412,6 @@ fn ctr(args: &Args, socket: &Path, cmd_args: &[&str], limit: Duration) -> Result
     Ok(stdout)
 }
 
-/// Flushes dirty pages, then drops clean ones. Returns whether it could.
-fn drop_caches() -> bool {
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
 fn proc_cpu_secs(pid: u32) -> f64 {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
@@ -594,23 +447,23 @@ fn bench_one(
     d.wait_ready(args)?;
     let limit = Duration::from_secs(args.timeout_secs);
     if cold {
-        drop_caches();
+        let _ = drop_caches();
     }
     let cpu0 = proc_cpu_secs(d.pid());
     let t = Instant::now();
     let image_s = image.to_string_lossy().to_string();
     ctr(
         args,
-        &d.socket,
+        d.socket(),
         &["images", "import", "--snapshotter", "overlayfs", &image_s],
         limit,
     )
-    .with_context(|| format!("{} import; log:\n{}", kind.name(), d.log_tail()))?;
+    .with_context(|| format!("{} import; log:\n{}", kind.name(), d.inner.log_tail()))?;
     let import_secs = t.elapsed().as_secs_f64();
     let import_cpu = proc_cpu_secs(d.pid()) - cpu0;
     let snaps = ctr(
         args,
-        &d.socket,
+        d.socket(),
         &["snapshots", "--snapshotter", "overlayfs", "ls"],
         Duration::from_secs(30),
     )?;
@@ -622,19 +475,24 @@ fn bench_one(
     let out = d.dir.path().join("export.tar");
     let out_s = out.to_string_lossy().to_string();
     if cold {
-        drop_caches();
+        let _ = drop_caches();
     }
     let t = Instant::now();
-    ctr(args, &d.socket, &["images", "export", &out_s, IMAGE], limit)
-        .with_context(|| format!("{} export; log:\n{}", kind.name(), d.log_tail()))?;
+    ctr(
+        args,
+        d.socket(),
+        &["images", "export", &out_s, IMAGE],
+        limit,
+    )
+    .with_context(|| format!("{} export; log:\n{}", kind.name(), d.inner.log_tail()))?;
     let export_secs = t.elapsed().as_secs_f64();
     let export_bytes = std::fs::metadata(&out)?.len();
     if kind == Kind::Berthd {
         if let Some(keep) = &args.keep_berthd_log {
-            let _ = std::fs::copy(&d.log, keep);
+            let _ = std::fs::copy(d.inner.log(), keep);
         }
     }
-    d.stop();
+    drop(d);
     Ok(RunResult {
         import_secs,
         import_cpu,
@@ -644,36 +502,13 @@ fn bench_one(
     })
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 const MIB: f64 = (1u64 << 20) as f64;
 
 fn run(args: &Args) -> Result<()> {
-    let berthd = match &args.berthd {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or_else(|| anyhow!("no exe dir"))?
-            .join("berthd"),
-    };
-    if !berthd.exists() {
-        bail!(
-            "{} missing (cargo build --release -p berthd?)",
-            berthd.display()
-        );
-    }
+    let berthd = berthd_path(
+        args.berthd.as_deref(),
+        "run `cargo build --release -p berth-services`",
+    )?;
     std::fs::create_dir_all(&args.dir)?;
     let work = tempfile::Builder::new()
         .prefix("bench-images-")
@@ -699,7 +534,7 @@ fn run(args: &Args) -> Result<()> {
         s.dirs,
         t.elapsed().as_secs_f64()
     );
-    let cold = drop_caches();
+    let cold = drop_caches().is_ok();
     println!(
         "page cache: {}",
         if cold {
@@ -779,11 +614,5 @@ fn main() -> ExitCode {
             on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
         );
     }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("berth-bench-images: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("berth-bench-images", run(&args))
 }

@@ -23,15 +23,13 @@
 //! Run: `cargo run --release -p berth-tests --bin berth-bench-snapshots -- [--runs 5]`
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use berth_proto::containerd::services::leases::v1::{
     leases_client::LeasesClient, CreateRequest as LeaseCreate, DeleteRequest as LeaseDelete,
 };
@@ -39,19 +37,15 @@ use berth_proto::containerd::services::snapshots::v1::{
     snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest,
     RemoveSnapshotRequest, ViewSnapshotRequest,
 };
-use berth_proto::containerd::services::version::v1::version_client::VersionClient;
 use berth_proto::containerd::types::Mount;
-use berth_proto::grpc::health::v1::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+use berth_tests::bench::{
+    berthd_path, detach_mounts_below, loadavg, main_on_runtime, median, percentile, proc_status,
+    snapshotter_mounts, table, Daemon, DaemonSpec, Kind, MountsCleanup,
 };
 use berth_tests::{connect, Ctx, Svc};
 use clap::Parser;
 use tokio::time::timeout;
 
-/// How long a daemon gets from spawn to ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a daemon gets to exit after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one gRPC call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 const NAMESPACE: &str = "berth-bench";
@@ -129,421 +123,20 @@ impl Args {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Daemons
+// Mounts (the client side, berth_snapshotter's mount code, as ctr would) and the loop fs
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Berthd,
-    Containerd,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Berthd => "berthd",
-            Kind::Containerd => "containerd",
-        }
-    }
-}
-
-/// containerd plugins that fail or skip on this kind of host, or reach outside the temp root.
-const CONTAINERD_DISABLED: &[&str] = &[
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.internal.v1.opt",
-];
-
-/// One running daemon in its own directory. Stopped (SIGTERM, then SIGKILL) on drop.
-struct Daemon {
-    kind: Kind,
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    async fn start(kind: Kind, bin: &Path, dir: &Path) -> Result<Daemon> {
-        std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let root = dir.join("root");
-        let state = dir.join("state");
-        let socket = dir.join("d.sock");
-        let config = dir.join("config.toml");
-        let log = dir.join("log");
-        let mut cmd = Command::new(bin);
-        match kind {
-            Kind::Berthd => {
-                std::fs::write(&config, "").context("write berthd config")?;
-                cmd.arg("--config")
-                    .arg(&config)
-                    .arg("--root")
-                    .arg(&root)
-                    .arg("--state")
-                    .arg(&state)
-                    .arg("--address")
-                    .arg(&socket)
-                    .arg("--log-level")
-                    .arg("warn");
-            }
-            Kind::Containerd => {
-                let disabled = CONTAINERD_DISABLED
-                    .iter()
-                    .map(|p| format!("{p:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let text = format!(
-                    "version = 2\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = [{disabled}]\n\n\
-                     [grpc]\n  address = {sock:?}\n\n[ttrpc]\n  address = {ttrpc:?}\n\n\
-                     [debug]\n  level = \"warn\"\n",
-                    root = root.display().to_string(),
-                    state = state.display().to_string(),
-                    sock = socket.display().to_string(),
-                    ttrpc = format!("{}.ttrpc", socket.display()),
-                );
-                std::fs::write(&config, text).context("write containerd config")?;
-                cmd.arg("--config").arg(&config);
-            }
-        }
-        let logf = File::create(&log).context("create daemon log")?;
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone().context("dup log fd")?)
-            .stderr(logf);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let spawned = Instant::now();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut d = Daemon {
-            kind,
-            child: Some(child),
-            socket,
-            log,
-        };
-        loop {
-            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!(
-                    "{} exited during start-up ({status}); log:\n{}",
-                    kind.name(),
-                    d.log_tail()
-                );
-            }
-            if probe(kind, &d.socket).await {
-                return Ok(d);
-            }
-            if spawned.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "{} not ready within {READY_TIMEOUT:?}; log:\n{}",
-                    kind.name(),
-                    d.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Health Check (berthd, SERVING only) or Version (containerd) over a fresh connection.
-async fn probe(kind: Kind, socket: &Path) -> bool {
-    let call = async {
-        let ch = connect(socket).await.ok()?;
-        match kind {
-            Kind::Berthd => {
-                let r = HealthClient::new(ch)
-                    .check(HealthCheckRequest::default())
-                    .await
-                    .ok()?;
-                (r.into_inner().status == ServingStatus::Serving as i32).then_some(())
-            }
-            Kind::Containerd => VersionClient::new(ch).version(()).await.ok().map(|_| ()),
-        }
-    };
-    matches!(timeout(Duration::from_secs(1), call).await, Ok(Some(())))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Mounts (the client side: what ctr / containerd's mount package do with the returned list)
-// ---------------------------------------------------------------------------------------------
-
-fn cstr(s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| anyhow!("NUL in {s:?}"))
-}
-
-fn cpath(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| anyhow!("NUL in {p:?}"))
-}
-
-fn errno() -> std::io::Error {
-    std::io::Error::last_os_error()
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as usize
-    } else {
-        4096
-    }
-}
-
-/// Splits mount options into flags and filesystem data (containerd's `parseMountOptions`).
-fn parse_options(options: &[String]) -> (libc::c_ulong, Vec<String>) {
-    let mut flags: libc::c_ulong = 0;
-    let mut data = Vec::new();
-    for o in options {
-        let (set, clear): (libc::c_ulong, libc::c_ulong) = match o.as_str() {
-            "ro" => (libc::MS_RDONLY, 0),
-            "rw" => (0, libc::MS_RDONLY),
-            "bind" => (libc::MS_BIND, 0),
-            "rbind" => (libc::MS_BIND | libc::MS_REC, 0),
-            "nosuid" => (libc::MS_NOSUID, 0),
-            "suid" => (0, libc::MS_NOSUID),
-            "nodev" => (libc::MS_NODEV, 0),
-            "dev" => (0, libc::MS_NODEV),
-            "noexec" => (libc::MS_NOEXEC, 0),
-            "exec" => (0, libc::MS_NOEXEC),
-            "noatime" => (libc::MS_NOATIME, 0),
-            "relatime" => (libc::MS_RELATIME, 0),
-            "sync" => (libc::MS_SYNCHRONOUS, 0),
-            "async" => (0, libc::MS_SYNCHRONOUS),
-            "rprivate" => (libc::MS_PRIVATE | libc::MS_REC, 0),
-            "private" => (libc::MS_PRIVATE, 0),
-            _ => {
-                data.push(o.clone());
-                (0, 0)
-            }
-        };
-        flags = (flags | set) & !clear;
-    }
-    (flags, data)
-}
-
-/// Rewrites `lowerdir=` relative to the lowerdirs' common parent (containerd's
-/// `compactLowerdirOption`); returns that directory and the new data.
-fn compact_lowerdirs(data: &[String]) -> Option<(PathBuf, Vec<String>)> {
-    let idx = data.iter().position(|o| o.starts_with("lowerdir="))?;
-    let dirs: Vec<&str> = data[idx]["lowerdir=".len()..].split(':').collect();
-    if dirs.len() < 2 {
-        return None;
-    }
-    // Common parent: the longest prefix ending in '/' shared by all; each then `<id>/fs`.
-    let first = Path::new(dirs[0]).parent()?.parent()?;
-    let common = dirs.iter().fold(first.to_path_buf(), |acc, d| {
-        let mut c = acc;
-        while !Path::new(d).starts_with(&c) {
-            if !c.pop() {
-                break;
-            }
-        }
-        c
-    });
-    if common.as_os_str().len() <= 1 {
-        return None;
-    }
-    let rel: Vec<String> = dirs
-        .iter()
-        .map(|d| {
-            Path::new(d)
-                .strip_prefix(&common)
-                .ok()
-                .map(|r| r.to_string_lossy().into_owned())
-        })
-        .collect::<Option<_>>()?;
-    let mut out = data.to_vec();
-    out[idx] = format!("lowerdir={}", rel.join(":"));
-    Some((common, out))
-}
-
-/// mount(2), from `chdir` if given, in a thread with its own filesystem attributes.
-fn sys_mount(
-    chdir: Option<&Path>,
-    source: &str,
-    target: &Path,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> Result<()> {
-    let (src, tgt, fst, dat) = (cstr(source)?, cpath(target)?, cstr(fstype)?, cstr(data)?);
-    let call = || -> std::io::Result<()> {
-        let dptr = if data.is_empty() {
-            std::ptr::null()
-        } else {
-            dat.as_ptr().cast::<libc::c_void>()
-        };
-        // SAFETY: valid NUL-terminated strings that outlive the call.
-        let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), flags, dptr) };
-        if rc != 0 {
-            return Err(errno());
-        }
-        Ok(())
-    };
-    let r = match chdir {
-        None => call(),
-        Some(dir) => {
-            let d = cpath(dir)?;
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    // SAFETY: unshare/chdir affect only this thread (CLONE_FS unshared first).
-                    unsafe {
-                        if libc::unshare(libc::CLONE_FS) != 0 || libc::chdir(d.as_ptr()) != 0 {
-                            return Err(errno());
-                        }
-                    }
-                    call()
-                })
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("mount thread panicked")))
-            })
-        }
-    };
-    r.with_context(|| {
-        format!(
-            "mount -t {fstype} {source} {} -o {data} (flags {flags:#x})",
-            target.display()
-        )
-    })
-}
-
-/// Mounts one `Mount` on `target`.
-fn mount_one(m: &Mount, target: &Path) -> Result<()> {
-    let (mut flags, data) = parse_options(&m.options);
-    if m.r#type == "bind" {
-        flags |= libc::MS_BIND;
-    }
-    let mut data_v = data;
-    let mut chdir = None;
-    if m.r#type == "overlay" && data_v.join(",").len() >= page_size() - 512 {
-        if let Some((dir, compacted)) = compact_lowerdirs(&data_v) {
-            chdir = Some(dir);
-            data_v = compacted;
-        }
-    }
-    let data = data_v.join(",");
-    let fstype = if flags & libc::MS_BIND != 0 {
-        "none"
-    } else {
-        m.r#type.as_str()
-    };
-    let base = flags & !(libc::MS_PRIVATE);
-    sys_mount(chdir.as_deref(), &m.source, target, fstype, base, &data)?;
-    if flags & libc::MS_BIND != 0 && flags & libc::MS_RDONLY != 0 {
-        // A bind ignores MS_RDONLY: remount it read-only.
-        let r = sys_mount(
-            None,
-            "none",
-            target,
-            "none",
-            (base | libc::MS_REMOUNT) & !libc::MS_REC,
-            "",
-        );
-        if let Err(e) = r {
-            let _ = unmount(target);
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
+/// Mounts the daemon's answer on `target`.
 fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
     ensure!(!mounts.is_empty(), "no mounts returned");
-    for (i, m) in mounts.iter().enumerate() {
-        if let Err(e) = mount_one(m, target) {
-            for _ in 0..i {
-                let _ = unmount(target);
-            }
-            return Err(e);
-        }
-    }
-    Ok(())
+    Ok(berth_snapshotter::mount_all(
+        &snapshotter_mounts(mounts),
+        target,
+    )?)
 }
 
 fn unmount(target: &Path) -> Result<()> {
-    let t = cpath(target)?;
-    // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::umount2(t.as_ptr(), 0) } != 0 {
-        return Err(errno()).with_context(|| format!("umount {}", target.display()));
-    }
-    Ok(())
-}
-
-/// Mount points at or below `dir`, deepest (most recent) first.
-fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = dir.to_string_lossy().into_owned();
-    let mut out: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
-        .map(PathBuf::from)
-        .collect();
-    out.reverse();
-    out
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(berth_snapshotter::unmount(target)?)
 }
 
 /// Creates a sparse `mib` MiB image, makes a fresh ext4 in it (inode tables and journal
@@ -576,36 +169,6 @@ fn loop_fs(img: &Path, dir: &Path, mib: u64) -> Result<String> {
         "each on its own fresh ext4 ({mib} MiB sparse image in {}, loop-mounted)",
         img.parent().map_or("?".into(), |p| p.display().to_string())
     ))
-}
-
-/// Detaches every mount below `dir` on drop (before the temp dir is removed).
-struct MountGuard(PathBuf);
-
-impl MountGuard {
-    fn clean(&self) -> usize {
-        let ms = mounts_below(&self.0);
-        for m in &ms {
-            if let Ok(c) = cpath(m) {
-                // SAFETY: a valid NUL-terminated path. A plain unmount first, so a loop
-                // device (autoclear) is released right away; detach if busy.
-                unsafe {
-                    if libc::umount2(c.as_ptr(), 0) != 0 {
-                        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-                    }
-                }
-            }
-        }
-        ms.len()
-    }
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let n = self.clean();
-        if n > 0 {
-            eprintln!("cleanup: detached {n} mount(s) under {}", self.0.display());
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -868,57 +431,6 @@ async fn deep(c: &mut Client, sn: &str, depth: usize, runs: usize, s: &mut Sampl
 // Report
 // ---------------------------------------------------------------------------------------------
 
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((s.len() - 1) as f64 * p).round() as usize]
-}
-
-fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(s, "{c:<width$}  ", width = w[i]);
-            } else {
-                let _ = write!(s, "{c:>width$}  ", width = w[i]);
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header.to_vec());
-    println!(
-        "{}",
-        "-".repeat(w.iter().sum::<usize>() + 2 * (w.len() - 1))
-    );
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-}
-
 /// Rows comparing `ops` between berthd and containerd; returns how many missed the target.
 fn compare(ops: &[(&str, bool)], b: &Samples, c: &Samples, rows: &mut Vec<Vec<String>>) -> usize {
     let mut fails = 0;
@@ -951,24 +463,6 @@ fn compare(ops: &[(&str, bool)], b: &Samples, c: &Samples, rows: &mut Vec<Vec<St
     fails
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn proc_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 async fn run(args: Args) -> Result<()> {
     ensure!(args.runs > 0, "--runs must be positive");
     ensure!(
@@ -977,18 +471,10 @@ async fn run(args: Args) -> Result<()> {
     );
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "must run as root (mount)");
-    let berthd = match &args.berthd {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or_else(|| anyhow!("executable has no directory"))?
-            .join("berthd"),
-    };
-    ensure!(
-        berthd.exists(),
-        "{} not found: run `cargo build --release --workspace` or pass --berthd",
-        berthd.display()
-    );
+    let berthd = berthd_path(
+        args.berthd.as_deref(),
+        "run `cargo build --release --workspace`",
+    )?;
     ensure!(
         args.containerd.exists(),
         "{} not found (Debian package `containerd`)",
@@ -1000,7 +486,7 @@ async fn run(args: Args) -> Result<()> {
         .tempdir_in(&args.dir)
         .with_context(|| format!("create temp dir in {}", args.dir.display()))?;
     // Dropped after the daemons, before the directory.
-    let guard = MountGuard(base.path().to_path_buf());
+    let guard = MountsCleanup(base.path().to_path_buf());
     println!("berth-bench-snapshots: {}", args.command());
     println!("  berthd:   {}", berthd.display());
     println!(
@@ -1027,31 +513,32 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     println!("  daemon roots: {fs_desc}");
-    let db = Daemon::start(Kind::Berthd, &berthd, &base.path().join("berthd")).await?;
-    let dc = Daemon::start(
+    let (db_dir, dc_dir) = (base.path().join("berthd"), base.path().join("containerd"));
+    let db = Daemon::start(&DaemonSpec::new(Kind::Berthd, &berthd, &db_dir)).await?;
+    let dc = Daemon::start(&DaemonSpec::new(
         Kind::Containerd,
         &args.containerd,
-        &base.path().join("containerd"),
-    )
+        &dc_dir,
+    ))
     .await?;
     let lease = format!("berth-bench-{}", std::process::id());
     let mut clients = Vec::new();
     for d in [&db, &dc] {
-        let ch = connect(&d.socket)
+        let ch = connect(d.socket())
             .await
-            .with_context(|| format!("connect {}", d.socket.display()))?;
+            .with_context(|| format!("connect {}", d.socket().display()))?;
         call(
-            &format!("{} Leases.Create", d.kind.name()),
+            &format!("{} Leases.Create", d.kind().name()),
             LeasesClient::with_interceptor(ch.clone(), Ctx::ns(NAMESPACE)).create(LeaseCreate {
                 id: lease.clone(),
                 labels: Default::default(),
             }),
         )
         .await?;
-        let mnt = base.path().join(format!("mnt-{}", d.kind.name()));
+        let mnt = base.path().join(format!("mnt-{}", d.kind().name()));
         std::fs::create_dir_all(&mnt)?;
         clients.push(Client {
-            label: d.kind.name(),
+            label: d.kind().name(),
             snap: SnapshotsClient::with_interceptor(ch, Ctx::ns(NAMESPACE).lease(&lease))
                 .max_decoding_message_size(64 << 20),
             mnt,
@@ -1193,14 +680,14 @@ async fn run(args: Args) -> Result<()> {
         "mount/write/unmount are the bench's own client code (same for both; the mount column \
          shows what the returned mount list costs). Daemon VmRSS at the end: berthd {:.1} MiB, \
          containerd {:.1} MiB",
-        proc_rss_kb(db.pid()) as f64 / 1024.0,
-        proc_rss_kb(dc.pid()) as f64 / 1024.0
+        proc_status(db.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0,
+        proc_status(dc.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0
     );
     println!("load average at the end: {}", loadavg());
     println!("command: {}", args.command());
 
     for (c, d) in clients.iter().zip([&db, &dc]) {
-        let ch = connect(&d.socket).await?;
+        let ch = connect(d.socket()).await?;
         let _ = call(
             &format!("{} Leases.Delete", c.label),
             LeasesClient::with_interceptor(ch, Ctx::ns(NAMESPACE)).delete(LeaseDelete {
@@ -1214,39 +701,11 @@ async fn run(args: Args) -> Result<()> {
     drop(dc);
     drop(db);
     // The daemons' loop filesystems (if any); the guard's drop then finds nothing.
-    guard.clean();
+    detach_mounts_below(&guard.0);
     Ok(())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth-bench-snapshots: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The bench future runs on this (main) thread, so the daemons' PR_SET_PDEATHSIG fires only
-    // when the bench itself dies. Dropping the future on a signal drops the daemons, the mount
-    // guard and the temp dir: processes stopped, mounts detached, files removed.
-    let result = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = run(args) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-            _ = term.recv() => Err(anyhow!("terminated")),
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(5));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("berth-bench-snapshots: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    main_on_runtime("berth-bench-snapshots", run(args), || {})
 }

@@ -36,12 +36,11 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use berth_proto::containerd::services::introspection::v1::{
     introspection_client::IntrospectionClient, PluginsRequest,
 };
@@ -52,20 +51,19 @@ use berth_proto::containerd::services::snapshots::v1::{
     snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest,
     RemoveSnapshotRequest,
 };
-use berth_proto::containerd::services::version::v1::version_client::VersionClient;
 use berth_proto::containerd::types::Mount;
-use berth_proto::grpc::health::v1::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-};
 use berth_snapshotter::MountGuard;
+use berth_tests::bench::{
+    drop_caches, loadavg, main_on_runtime, median, percentile, snapshotter_mounts, table, Daemon,
+    DaemonSpec, Kind,
+};
 use berth_tests::{connect, Ctx, Svc};
 use clap::Parser;
 use tokio::time::timeout;
 use tonic::transport::Channel;
 
-/// How long a daemon gets from spawn to ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a daemon gets to exit after SIGTERM before SIGKILL.
+/// How long a daemon gets to exit after SIGTERM before SIGKILL (this bench's own, longer
+/// than the others').
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long one gRPC call may take (a native prepare copies a whole `--file-mib` parent).
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -135,179 +133,6 @@ impl Args {
 // ---------------------------------------------------------------------------------------------
 // Daemons
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Berthd,
-    Containerd,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Berthd => "berthd",
-            Kind::Containerd => "containerd",
-        }
-    }
-}
-
-/// containerd plugins that fail or skip on this kind of host, or reach outside the temp root.
-const CONTAINERD_DISABLED: &[&str] = &[
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.internal.v1.opt",
-];
-
-/// One running daemon in its own directory. Stopped (SIGTERM, then SIGKILL) on drop.
-struct Daemon {
-    kind: Kind,
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    async fn start(kind: Kind, bin: &Path, dir: &Path) -> Result<Daemon> {
-        std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let root = dir.join("root");
-        let state = dir.join("state");
-        let socket = dir.join("d.sock");
-        let config = dir.join("config.toml");
-        let log = dir.join("log");
-        let mut cmd = Command::new(bin);
-        match kind {
-            Kind::Berthd => {
-                std::fs::write(&config, "").context("write berthd config")?;
-                cmd.arg("--config")
-                    .arg(&config)
-                    .arg("--root")
-                    .arg(&root)
-                    .arg("--state")
-                    .arg(&state)
-                    .arg("--address")
-                    .arg(&socket)
-                    .arg("--log-level")
-                    .arg("warn");
-            }
-            Kind::Containerd => {
-                let disabled = CONTAINERD_DISABLED
-                    .iter()
-                    .map(|p| format!("{p:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let text = format!(
-                    "version = 2\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = [{disabled}]\n\n\
-                     [grpc]\n  address = {sock:?}\n\n[ttrpc]\n  address = {ttrpc:?}\n\n\
-                     [debug]\n  level = \"warn\"\n",
-                    root = root.display().to_string(),
-                    state = state.display().to_string(),
-                    sock = socket.display().to_string(),
-                    ttrpc = format!("{}.ttrpc", socket.display()),
-                );
-                std::fs::write(&config, text).context("write containerd config")?;
-                cmd.arg("--config").arg(&config);
-            }
-        }
-        let logf = File::create(&log).context("create daemon log")?;
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone().context("dup log fd")?)
-            .stderr(logf);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let spawned = Instant::now();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut d = Daemon {
-            kind,
-            child: Some(child),
-            socket,
-            log,
-        };
-        loop {
-            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!(
-                    "{} exited during start-up ({status}); log:\n{}",
-                    kind.name(),
-                    d.log_tail()
-                );
-            }
-            if probe(kind, &d.socket).await {
-                return Ok(d);
-            }
-            if spawned.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "{} not ready within {READY_TIMEOUT:?}; log:\n{}",
-                    kind.name(),
-                    d.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Health Check (berthd, SERVING only) or Version (containerd) over a fresh connection.
-async fn probe(kind: Kind, socket: &Path) -> bool {
-    let call = async {
-        let ch = connect(socket).await.ok()?;
-        match kind {
-            Kind::Berthd => {
-                let r = HealthClient::new(ch)
-                    .check(HealthCheckRequest::default())
-                    .await
-                    .ok()?;
-                (r.into_inner().status == ServingStatus::Serving as i32).then_some(())
-            }
-            Kind::Containerd => VersionClient::new(ch).version(()).await.ok().map(|_| ()),
-        }
-    };
-    matches!(timeout(Duration::from_secs(1), call).await, Ok(Some(())))
-}
 
 /// Why snapshotter `sn` cannot be used on the daemon at `socket`, if it cannot: not
 /// registered, or registered with an init error (introspection's `init_err`).
@@ -416,12 +241,12 @@ struct Client {
 impl Client {
     /// Connects and creates the client's lease.
     async fn open(d: &Daemon, sn: &str, tag: usize, mnt: PathBuf) -> Result<Client> {
-        let ch = connect(&d.socket)
+        let ch = connect(d.socket())
             .await
-            .with_context(|| format!("connect {}", d.socket.display()))?;
+            .with_context(|| format!("connect {}", d.socket().display()))?;
         let lease = format!("berth-bench-{}-{tag}", std::process::id());
         let c = Client {
-            label: format!("{} {sn}", d.kind.name()),
+            label: format!("{} {sn}", d.kind().name()),
             sn: sn.to_string(),
             snap: SnapshotsClient::with_interceptor(ch.clone(), Ctx::ns(NAMESPACE).lease(&lease)),
             ch,
@@ -522,15 +347,7 @@ impl Client {
     /// Mounts `mounts` on this client's mount point.
     fn mount(&self, mounts: &[Mount]) -> Result<MountGuard> {
         ensure!(!mounts.is_empty(), "{}: no mounts returned", self.label);
-        let ms: Vec<berth_snapshotter::Mount> = mounts
-            .iter()
-            .map(|m| berth_snapshotter::Mount {
-                kind: m.r#type.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        MountGuard::mount(&ms, &self.mnt).with_context(|| {
+        MountGuard::mount(&snapshotter_mounts(mounts), &self.mnt).with_context(|| {
             format!(
                 "{}: mount {} on {}",
                 self.label,
@@ -616,13 +433,6 @@ fn read_file(path: &Path, buf: &mut [u8]) -> Result<u64> {
     }
 }
 
-/// Writes back dirty pages and drops the page, dentry and inode caches.
-fn drop_caches() -> Result<()> {
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").context("write /proc/sys/vm/drop_caches")
-}
-
 // ---------------------------------------------------------------------------------------------
 // One snapshotter
 // ---------------------------------------------------------------------------------------------
@@ -690,12 +500,12 @@ fn mib_s(mib: usize, d: Duration) -> f64 {
 /// the common parent: a directory with a few small files.
 async fn setup(d: &Daemon, sn: &str, tag: usize, mnt: PathBuf, chunk: &[u8]) -> Target {
     let mut t = Target {
-        name: format!("{} {sn}", d.kind.name()),
+        name: format!("{} {sn}", d.kind().name()),
         client: None,
         f: Figures::default(),
         status: Status::Ok,
     };
-    match unavailable(&d.socket, sn).await {
+    match unavailable(d.socket(), sn).await {
         Ok(None) => {}
         Ok(Some(why)) => t.status = Status::Unavailable(why),
         Err(e) => t.status = Status::Unavailable(format!("introspection: {e:#}")),
@@ -867,60 +677,6 @@ async fn io_phases(c: &mut Client, args: &Args, chunk: &[u8], f: &mut Figures) -
 // Report
 // ---------------------------------------------------------------------------------------------
 
-/// The middle value (the mean of the middle two for an even count).
-fn median(v: &[f64]) -> f64 {
-    let s = sorted(v);
-    let m = s.len() / 2;
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[m],
-        _ => (s[m - 1] + s[m]) / 2.0,
-    }
-}
-
-/// Nearest-rank percentile.
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let s = sorted(v);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s[((s.len() - 1) as f64 * p).round() as usize]
-}
-
-fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s
-}
-
-fn table(header: &[String], rows: &[Vec<String>]) {
-    let mut w: Vec<usize> = header.iter().map(String::len).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(s, "{c:<width$}  ", width = w[i]);
-            } else {
-                let _ = write!(s, "{c:>width$}  ", width = w[i]);
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header);
-    println!(
-        "{}",
-        "-".repeat(w.iter().sum::<usize>() + 2 * (w.len() - 1))
-    );
-    for r in rows {
-        line(r);
-    }
-}
-
 type Metric = (&'static str, fn(&Figures) -> Option<f64>);
 
 fn opt(x: f64) -> Option<f64> {
@@ -1017,12 +773,6 @@ fn aufs_target(targets: &[Target]) -> String {
     )
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// The filesystem type of the mount holding `dir` (the longest matching mount point).
 fn fs_type(dir: &Path) -> String {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -1100,13 +850,13 @@ async fn run(args: Args, exe_dir: PathBuf) -> Result<()> {
     let chunk: Vec<u8> = (0..MIB)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect();
-    let dc = Daemon::start(
-        Kind::Containerd,
-        &args.containerd,
-        &base.path().join("containerd"),
-    )
-    .await?;
-    let db = Daemon::start(Kind::Berthd, &berthd, &base.path().join("berthd")).await?;
+    let (db_dir, dc_dir) = (base.path().join("berthd"), base.path().join("containerd"));
+    let spec = |kind, bin, dir| DaemonSpec {
+        stop_timeout: STOP_TIMEOUT,
+        ..DaemonSpec::new(kind, bin, dir)
+    };
+    let dc = Daemon::start(&spec(Kind::Containerd, &args.containerd, &dc_dir)).await?;
+    let db = Daemon::start(&spec(Kind::Berthd, &berthd, &db_dir)).await?;
 
     let started = Instant::now();
     // The reference first; every target has its own lease and mount point.
@@ -1243,34 +993,5 @@ fn main() -> ExitCode {
     };
     // Before any thread exists: the environment is process-wide and not thread-safe to change.
     set_path(&exe_dir);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth-bench-snapshotters: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The bench future runs on this (main) thread, so the daemons' PR_SET_PDEATHSIG fires only
-    // when the bench itself dies. Dropping the future on a signal drops the mount guards, the
-    // daemons, the kernel guard and the temp dir: mounts detached, processes stopped, files
-    // removed.
-    let result = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = run(args, exe_dir) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-            _ = term.recv() => Err(anyhow!("terminated")),
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(5));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("berth-bench-snapshotters: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    main_on_runtime("berth-bench-snapshotters", run(args, exe_dir), || {})
 }

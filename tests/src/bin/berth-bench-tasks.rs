@@ -28,25 +28,21 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use berth_proto::containerd::services::version::v1::version_client::VersionClient;
-use berth_proto::grpc::health::v1::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+use anyhow::{anyhow, ensure, Context, Result};
+use berth_snapshotter::mount;
+use berth_tests::bench::{
+    self, berthd_path, loadavg, main_on_runtime, median, percentile, proc_status, table, verdict,
+    DaemonSpec, Kind,
 };
 use clap::Parser;
+use nix::mount::{umount2, MntFlags};
 use tokio::time::timeout;
 
-/// How long a daemon gets from spawn to ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a daemon gets to exit after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one ctr / runc invocation may take.
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one cleanup command may take.
@@ -119,42 +115,14 @@ impl Args {
 // Daemons
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Berthd,
-    Containerd,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Berthd => "berthd",
-            Kind::Containerd => "containerd",
-        }
-    }
-}
-
-/// containerd plugins that fail or skip on this kind of host, or reach outside the temp root.
-const CONTAINERD_DISABLED: &[&str] = &[
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.internal.v1.opt",
-];
-
-/// One running daemon in its own directory under the bench's base directory.
+/// A daemon of `berth_tests::bench` and the namespace the bench uses on it.
 struct Daemon {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-    /// Namespace the bench uses on this daemon.
+    inner: bench::Daemon,
     ns: String,
 }
 
 impl Daemon {
-    /// Spawns the daemon in `dir` (created) and waits until it answers.
+    /// Starts the daemon in `dir` with `PATH` = `path_env` (so it finds the shims).
     async fn start(
         kind: Kind,
         bin: &Path,
@@ -162,129 +130,29 @@ impl Daemon {
         path_env: &str,
         ns: String,
     ) -> Result<Daemon> {
-        std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let root = dir.join("root");
-        let state = dir.join("state");
-        let socket = dir.join("d.sock");
-        let config = dir.join("config.toml");
-        let log = dir.join("log");
-        let mut cmd = Command::new(bin);
-        match kind {
-            Kind::Berthd => {
-                std::fs::write(&config, "").context("write berthd config")?;
-                cmd.arg("--config")
-                    .arg(&config)
-                    .arg("--root")
-                    .arg(&root)
-                    .arg("--state")
-                    .arg(&state)
-                    .arg("--address")
-                    .arg(&socket)
-                    .arg("--log-level")
-                    .arg("warn");
-            }
-            Kind::Containerd => {
-                let disabled = CONTAINERD_DISABLED
-                    .iter()
-                    .map(|p| format!("{p:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let text = format!(
-                    "version = 2\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = [{disabled}]\n\n\
-                     [grpc]\n  address = {sock:?}\n\n[ttrpc]\n  address = {ttrpc:?}\n\n\
-                     [debug]\n  level = \"warn\"\n",
-                    root = root.display().to_string(),
-                    state = state.display().to_string(),
-                    sock = socket.display().to_string(),
-                    ttrpc = format!("{}.ttrpc", socket.display()),
-                );
-                std::fs::write(&config, text).context("write containerd config")?;
-                cmd.arg("--config").arg(&config);
-            }
-        }
-        let logf = File::create(&log).context("create daemon log")?;
-        cmd.env("PATH", path_env)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().context("dup log fd")?)
-            .stderr(logf);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let spawned = Instant::now();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut d = Daemon {
-            child: Some(child),
-            socket,
-            log,
-            ns,
+        let spec = DaemonSpec {
+            path_env: Some(path_env),
+            ..DaemonSpec::new(kind, bin, dir)
         };
-        loop {
-            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!(
-                    "{} exited during start-up ({status}); log:\n{}",
-                    kind.name(),
-                    d.log_tail()
-                );
-            }
-            if probe(kind, &d.socket).await {
-                return Ok(d);
-            }
-            if spawned.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "{} not ready within {READY_TIMEOUT:?}; log:\n{}",
-                    kind.name(),
-                    d.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        Ok(Daemon {
+            inner: bench::Daemon::start(&spec).await?,
+            ns,
+        })
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.inner.pid()
     }
 
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+    fn socket(&self) -> &Path {
+        self.inner.socket()
     }
 
     /// `ctr -a SOCK -n NS ARGS`.
     fn ctr(&self, ctr: &Path, args: &[&str]) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(ctr);
         c.arg("-a")
-            .arg(&self.socket)
+            .arg(self.socket())
             .arg("-n")
             .arg(&self.ns)
             .args(args)
@@ -292,46 +160,6 @@ impl Daemon {
             .env_remove("CONTAINERD_ADDRESS");
         c
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Connects a tonic channel to a unix socket.
-async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://[::]:50051")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
-}
-
-/// Health Check (berthd, SERVING only) or Version (containerd) over a fresh connection.
-async fn probe(kind: Kind, socket: &Path) -> bool {
-    let call = async {
-        let ch = connect(socket).await.ok()?;
-        match kind {
-            Kind::Berthd => {
-                let r = HealthClient::new(ch)
-                    .check(HealthCheckRequest::default())
-                    .await
-                    .ok()?;
-                (r.into_inner().status == ServingStatus::Serving as i32).then_some(())
-            }
-            Kind::Containerd => VersionClient::new(ch).version(()).await.ok().map(|_| ()),
-        }
-    };
-    matches!(timeout(Duration::from_secs(1), call).await, Ok(Some(())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,20 +219,6 @@ fn run_sync(cmd: &mut Command, limit: Duration) -> Option<Output> {
 }
 
 /// A `/proc/<pid>/status` field (kB for Vm*, a count for Threads, a pid for PPid).
-fn proc_status(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .ok_or_else(|| anyhow!("no {field} in {path}"))?;
-    line[field.len() + 1..]
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("bad {field} line in {path}: {line:?}"))
-}
-
 /// Proportional set size in kB (`/proc/<pid>/smaps_rollup`).
 fn proc_pss(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
@@ -447,47 +261,6 @@ fn pids_with_cmdline(needle: &str, exclude: &[u32]) -> Vec<u32> {
         .filter(|p| *p != me && !exclude.contains(p))
         .filter(|p| proc_cmdline(*p).contains(needle))
         .collect()
-}
-
-/// Mount points at or below `dir`, deepest (most recent) first.
-fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = dir.to_string_lossy().into_owned();
-    let mut out: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
-        .map(PathBuf::from)
-        .collect();
-    out.reverse();
-    out
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn umount_detach(p: &Path) {
-    if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
-        // SAFETY: a valid NUL-terminated path.
-        unsafe {
-            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-        }
-    }
 }
 
 /// Everything that may outlive the daemons: shims, containers, mounts, cgroups. Its `Drop`
@@ -580,9 +353,9 @@ impl Leftovers {
         for p in stale {
             let _ = std::fs::remove_file(p);
         }
-        for m in mounts_below(&self.base) {
+        for m in mount::mounts_below(&self.base).unwrap_or_default() {
             report.push(format!("unmounted {}", m.display()));
-            umount_detach(&m);
+            let _ = umount2(&m, MntFlags::MNT_DETACH);
         }
         for cg in &self.cgroups {
             for ctl in std::fs::read_dir("/sys/fs/cgroup")
@@ -892,7 +665,7 @@ async fn start_many(ctx: &Ctx<'_>, v: &Variant) -> Result<StartResult> {
     // Shims exit after their task is deleted; count what is left of this daemon's.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = pids_with_cmdline(&d.socket.to_string_lossy(), &[d.pid()]).len();
+        let left = pids_with_cmdline(&d.socket().to_string_lossy(), &[d.pid()]).len();
         r.left_shims = left;
         if left == 0 || Instant::now() > deadline {
             break;
@@ -905,73 +678,6 @@ async fn start_many(ctx: &Ctx<'_>, v: &Variant) -> Result<StartResult> {
 // ---------------------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------------------
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let i = ((s.len() - 1) as f64 * p).round() as usize;
-    s[i]
-}
-
-fn verdict(ratio: f64, goal: f64) -> &'static str {
-    if ratio <= goal {
-        "PASS"
-    } else {
-        "FAIL"
-    }
-}
-
-/// Prints rows as an aligned table; the first column left-aligned, the rest right-aligned.
-fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(s, "{c:<width$}  ", width = w[i]);
-            } else {
-                let _ = write!(s, "{c:>width$}  ", width = w[i]);
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header.to_vec());
-    println!(
-        "{}",
-        "-".repeat(w.iter().sum::<usize>() + 2 * (w.len() - 1))
-    );
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
 
 fn tool_version(bin: &Path, arg: &str) -> String {
     run_sync(Command::new(bin).arg(arg), Duration::from_secs(10))
@@ -994,18 +700,10 @@ fn mib(kb: f64) -> String {
 async fn run(args: Args) -> Result<()> {
     ensure!(args.runs > 0, "--runs must be positive");
     ensure!(args.containers >= 2, "--containers must be at least 2");
-    let berthd = match &args.berthd {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or_else(|| anyhow!("executable has no directory"))?
-            .join("berthd"),
-    };
-    ensure!(
-        berthd.exists(),
-        "{} not found: run `cargo build --release --workspace` or pass --berthd",
-        berthd.display()
-    );
+    let berthd = berthd_path(
+        args.berthd.as_deref(),
+        "run `cargo build --release --workspace`",
+    )?;
     let shim_dir = berthd
         .parent()
         .ok_or_else(|| anyhow!("berthd has no directory"))?
@@ -1089,7 +787,7 @@ async fn run(args: Args) -> Result<()> {
     .await?;
     leftovers
         .sockets
-        .push(db.socket.to_string_lossy().into_owned());
+        .push(db.socket().to_string_lossy().into_owned());
     leftovers.daemons.push(db.pid());
     let dc = Daemon::start(
         Kind::Containerd,
@@ -1101,7 +799,7 @@ async fn run(args: Args) -> Result<()> {
     .await?;
     leftovers
         .sockets
-        .push(dc.socket.to_string_lossy().into_owned());
+        .push(dc.socket().to_string_lossy().into_owned());
     leftovers.daemons.push(dc.pid());
     // Every container id this run may use, on either daemon.
     for d in [&db, &dc] {
@@ -1112,7 +810,7 @@ async fn run(args: Args) -> Result<()> {
             for id in ids {
                 leftovers
                     .shim_sockets
-                    .extend(shim_socket_candidates(&d.socket, &d.ns, &id));
+                    .extend(shim_socket_candidates(d.socket(), &d.ns, &id));
             }
         }
     }
@@ -1311,14 +1009,14 @@ async fn run(args: Args) -> Result<()> {
             format!("{:.1} / {:.1} ms", med[ib], med[ic]),
             format!("{r1:.2}"),
             "<= 0.50".into(),
-            verdict(r1, 0.5).into(),
+            verdict(r1, 0.5, false).into(),
         ],
         vec![
             "run --rm: berthd+berth shim / bare runc run".into(),
             format!("{:.1} / {:.1} ms", med[ib], med[ir]),
             format!("{r2:.2}"),
             "<= 1.30".into(),
-            verdict(r2, 1.3).into(),
+            verdict(r2, 1.3, false).into(),
         ],
         vec![
             "idle shim VmRSS: berth shim / containerd-shim-runc-v2".into(),
@@ -1329,7 +1027,7 @@ async fn run(args: Args) -> Result<()> {
             ),
             format!("{r3:.3}"),
             "<= 0.20".into(),
-            verdict(r3, 0.2).into(),
+            verdict(r3, 0.2, false).into(),
         ],
         vec![
             format!("daemon VmRSS with {half} containers: berthd / containerd"),
@@ -1393,33 +1091,5 @@ async fn run(args: Args) -> Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth-bench-tasks: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The bench future runs on this (main) thread, so the daemons' PR_SET_PDEATHSIG fires only
-    // when the bench itself dies. Dropping the future on a signal drops the daemons and the
-    // leftover guard: processes stopped, containers and mounts removed, files deleted.
-    let result = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = run(args) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-            _ = term.recv() => Err(anyhow!("terminated")),
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(5));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("berth-bench-tasks: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    main_on_runtime("berth-bench-tasks", run(args), || {})
 }

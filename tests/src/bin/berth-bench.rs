@@ -22,28 +22,27 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use berth_proto::containerd::services::content::v1::{
     content_client::ContentClient, WriteAction, WriteContentRequest, WriteContentResponse,
 };
-use berth_proto::containerd::services::version::v1::version_client::VersionClient;
-use berth_proto::grpc::health::v1::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+use berth_tests::bench::{
+    self, berthd_path, drop_caches, loadavg, main_on_runtime, median, proc_status, verdict,
+    DaemonSpec, Kind, CONTAINERD_DISABLED,
 };
+use berth_tests::connect_with;
 use clap::Parser;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
 /// Size of one WRITE message (and of dd's blocks).
@@ -52,14 +51,8 @@ const CHUNK: usize = 1 << 20;
 const MAX_MESSAGE: usize = 16 << 20;
 /// Namespace the blobs are written in.
 const NAMESPACE: &str = "berth-bench";
-/// How long a daemon gets from spawn to ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Interval between readiness probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(2);
-/// How long one readiness probe (connect + call) may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a daemon gets to exit after SIGTERM before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request/response step of a write session may take (COMMIT fsyncs it all).
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -142,33 +135,6 @@ impl Args {
 // Daemons
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Berthd,
-    Containerd,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Berthd => "berthd",
-            Kind::Containerd => "containerd",
-        }
-    }
-}
-
-/// containerd plugins that fail or skip on this kind of host, or reach outside the temp root.
-const CONTAINERD_DISABLED: &[&str] = &[
-    "io.containerd.grpc.v1.cri",
-    // No device-mapper, aufs, btrfs root or zfs here: these only log errors or skip.
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.zfs",
-    // Creates /opt/containerd outside the temp root.
-    "io.containerd.internal.v1.opt",
-];
-
 /// Additionally disabled with `--containerd-minimal`: what berthd does not serve yet.
 const CONTAINERD_MINIMAL_DISABLED: &[&str] = &[
     "io.containerd.runtime.v1.linux",
@@ -200,16 +166,11 @@ impl Env {
     }
 }
 
-/// One running daemon in its own fresh directory. Stopped (SIGTERM, then SIGKILL) and its
-/// directory removed on drop.
+/// One daemon in its own fresh directory, removed on drop after the daemon stopped.
 struct Daemon {
-    kind: Kind,
-    child: Option<Child>,
-    spawned_at: Instant,
-    socket: PathBuf,
-    log: PathBuf,
-    // Dropped after `Drop::drop` stopped the process.
-    dir: tempfile::TempDir,
+    // Declared first, so dropped (stopped) before the directory goes.
+    inner: bench::Daemon,
+    _dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -219,200 +180,39 @@ impl Daemon {
             .prefix(&format!("{}-", kind.name()))
             .tempdir_in(&env.base)
             .context("create daemon directory")?;
-        let root = dir.path().join("root");
-        let state = dir.path().join("state");
-        let socket = dir.path().join("d.sock");
-        let config = dir.path().join("config.toml");
-        let log = dir.path().join("log");
-        let mut cmd = match kind {
-            Kind::Berthd => {
-                // An explicit (empty) config so /etc/berth/config.toml cannot interfere.
-                std::fs::write(&config, "").context("write berthd config")?;
-                let mut c = Command::new(&env.berthd);
-                c.arg("--config")
-                    .arg(&config)
-                    .arg("--root")
-                    .arg(&root)
-                    .arg("--state")
-                    .arg(&state)
-                    .arg("--address")
-                    .arg(&socket)
-                    .arg("--log-level")
-                    .arg("warn");
-                c
-            }
-            Kind::Containerd => {
-                let disabled = env
-                    .disabled_plugins()
-                    .iter()
-                    .map(|p| format!("{p:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let text = format!(
-                    "version = 2\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = [{disabled}]\n\n\
-                     [grpc]\n  address = {sock:?}\n  max_recv_message_size = {MAX_MESSAGE}\n  \
-                     max_send_message_size = {MAX_MESSAGE}\n\n[ttrpc]\n  address = {ttrpc:?}\n\n\
-                     [debug]\n  level = \"warn\"\n",
-                    root = root.display().to_string(),
-                    state = state.display().to_string(),
-                    sock = socket.display().to_string(),
-                    ttrpc = format!("{}.ttrpc", socket.display()),
-                );
-                std::fs::write(&config, text).context("write containerd config")?;
-                let mut c = Command::new(&env.containerd);
-                c.arg("--config").arg(&config);
-                c
-            }
+        let bin = match kind {
+            Kind::Berthd => &env.berthd,
+            Kind::Containerd => &env.containerd,
         };
-        let logf = File::create(&log).context("create daemon log")?;
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone().context("dup log fd")?)
-            .stderr(logf);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let spawned_at = Instant::now();
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", kind.name()))?;
+        let disabled = env.disabled_plugins();
+        let grpc_extra = [
+            format!("max_recv_message_size = {MAX_MESSAGE}"),
+            format!("max_send_message_size = {MAX_MESSAGE}"),
+        ];
+        let spec = DaemonSpec {
+            disabled_plugins: &disabled,
+            grpc_extra: &grpc_extra,
+            ..DaemonSpec::new(kind, bin, dir.path())
+        };
         Ok(Daemon {
-            kind,
-            child: Some(child),
-            spawned_at,
-            socket,
-            log,
-            dir,
+            inner: bench::Daemon::spawn(&spec)?,
+            _dir: dir,
         })
     }
 
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// Polls every ~2 ms until the daemon answers; returns the time since spawn.
+    /// Polls every [`POLL_INTERVAL`] until the daemon answers; returns the time since spawn.
     async fn wait_ready(&mut self) -> Result<Duration> {
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "{} exited during start-up ({status}); log {}:\n{}",
-                    self.kind.name(),
-                    self.dir.path().display(),
-                    self.log_tail()
-                );
-            }
-            if probe(self.kind, &self.socket).await {
-                return Ok(self.spawned_at.elapsed());
-            }
-            if self.spawned_at.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "{} not ready on {} within {READY_TIMEOUT:?}; log:\n{}",
-                    self.kind.name(),
-                    self.socket.display(),
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        self.inner.wait_ready(POLL_INTERVAL).await
+    }
+
+    fn pid(&self) -> u32 {
+        self.inner.pid()
     }
 
     /// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM) or count (Threads).
     fn proc_status(&self, field: &str) -> Result<u64> {
         proc_status(self.pid(), field)
     }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn proc_status(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .ok_or_else(|| anyhow!("no {field} in {path}"))?;
-    line[field.len() + 1..]
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("bad {field} line in {path}: {line:?}"))
-}
-
-/// Connects a tonic channel to a unix socket (eagerly: the HTTP/2 handshake is done).
-async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    // The URI is required by the API but unused: the connector dials the socket.
-    Endpoint::try_from("http://[::]:50051")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
-}
-
-/// One readiness probe over a fresh connection: health Check for berthd (SERVING only),
-/// Version for containerd.
-async fn probe(kind: Kind, socket: &Path) -> bool {
-    let call = async {
-        let ch = connect(socket).await.ok()?;
-        match kind {
-            Kind::Berthd => {
-                let r = HealthClient::new(ch)
-                    .check(HealthCheckRequest::default())
-                    .await
-                    .ok()?;
-                (r.into_inner().status == ServingStatus::Serving as i32).then_some(())
-            }
-            Kind::Containerd => VersionClient::new(ch).version(()).await.ok().map(|_| ()),
-        }
-    };
-    matches!(timeout(PROBE_TIMEOUT, call).await, Ok(Some(())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -537,7 +337,7 @@ struct Ingested {
 /// Content.Write stream, as containerd's remote writer does. Returns the time from the
 /// first request to the COMMIT response.
 async fn ingest(socket: &Path, blob: &Blob, reference: &str, window: usize) -> Result<Ingested> {
-    let ch = timeout(Duration::from_secs(10), connect(socket))
+    let ch = timeout(Duration::from_secs(10), connect_with(socket, None))
         .await
         .map_err(|_| anyhow!("connect timed out"))?
         .context("connect")?;
@@ -683,13 +483,6 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Flushes dirty pages, then drops clean ones (page cache, dentries, inodes).
-fn drop_caches() -> Result<()> {
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").context("write /proc/sys/vm/drop_caches")
-}
-
 /// Reads the whole file so it sits in the page cache.
 fn make_hot(path: &Path) -> Result<()> {
     // SAFETY: sync(2) has no preconditions.
@@ -767,12 +560,15 @@ async fn bench_ingest(env: &Env, args: &Args, blob: &Blob, cold: bool) -> Result
                         elapsed: t,
                         commit_time,
                         warning,
-                    } = timeout(limit, ingest(&d.socket, blob, &reference, args.window))
-                        .await
-                        .map_err(|_| anyhow!("{} ingest took longer than {limit:?}", kind.name()))?
-                        .with_context(|| {
-                            format!("ingest into {}; log:\n{}", kind.name(), d.log_tail())
-                        })?;
+                    } = timeout(
+                        limit,
+                        ingest(d.inner.socket(), blob, &reference, args.window),
+                    )
+                    .await
+                    .map_err(|_| anyhow!("{} ingest took longer than {limit:?}", kind.name()))?
+                    .with_context(|| {
+                        format!("ingest into {}; log:\n{}", kind.name(), d.inner.log_tail())
+                    })?;
                     if let Some(w) = warning {
                         let w = format!("{}: {w}", kind.name());
                         if !out.warnings.contains(&w) {
@@ -805,7 +601,7 @@ async fn bench_ingest(env: &Env, args: &Args, blob: &Blob, cold: bool) -> Result
                             out.containerd_hwm.push(hwm);
                         }
                     }
-                    d.stop();
+                    // Stops the daemon, then removes its directory.
                     drop(d);
                     // SAFETY: sync(2) has no preconditions.
                     unsafe { libc::sync() };
@@ -900,39 +696,11 @@ async fn bench_rss(env: &Env, runs: usize, idle: Duration) -> Result<RssResults>
 // Report
 // ---------------------------------------------------------------------------------------------
 
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
 fn fmt_list(v: &[f64], prec: usize) -> String {
     v.iter()
         .map(|x| format!("{x:.prec$}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// `ratio >= goal` (`at_least`) or `ratio <= goal`.
-fn verdict(ratio: f64, goal: f64, at_least: bool) -> &'static str {
-    let ok = if at_least {
-        ratio >= goal
-    } else {
-        ratio <= goal
-    };
-    if ok {
-        "PASS"
-    } else {
-        "FAIL"
-    }
 }
 
 /// Where `dir` lives: "<source> (<fstype>)" from /proc/self/mountinfo.
@@ -1030,13 +798,6 @@ fn binary_info(bin: &Path) -> String {
     s
 }
 
-/// The 1/5/15-minute load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 fn tool_version(bin: &Path, arg: &str) -> String {
     Command::new(bin)
         .arg(arg)
@@ -1052,18 +813,10 @@ async fn run(args: Args, cancel: Arc<AtomicBool>) -> Result<()> {
     ensure!(args.size_mib > 0, "--size-mib must be positive");
     ensure!(args.runs > 0, "--runs must be positive");
     ensure!(args.startup_runs > 0, "--startup-runs must be positive");
-    let berthd = match &args.berthd {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or_else(|| anyhow!("executable has no directory"))?
-            .join("berthd"),
-    };
-    ensure!(
-        berthd.exists(),
-        "{} not found: run `cargo build --release -p berth-services` or pass --berthd",
-        berthd.display()
-    );
+    let berthd = berthd_path(
+        args.berthd.as_deref(),
+        "run `cargo build --release -p berth-services`",
+    )?;
     ensure!(
         args.containerd.exists(),
         "{} not found (Debian package `containerd`)",
@@ -1329,35 +1082,9 @@ async fn run(args: Args, cancel: Arc<AtomicBool>) -> Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth-bench: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let cancel = Arc::new(AtomicBool::new(false));
-    // The bench future runs on this (main) thread, so daemons spawned from it keep their
-    // parent thread, and PR_SET_PDEATHSIG fires only when the bench itself dies. Dropping
-    // the future on a signal drops every Daemon and temp dir: processes killed, files removed.
-    let result = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = run(args, cancel.clone()) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-            _ = term.recv() => Err(anyhow!("terminated")),
-        }
-    });
-    cancel.store(true, Ordering::Relaxed);
-    rt.shutdown_timeout(Duration::from_secs(5));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("berth-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    // Stops the blob generator threads, which outlive a dropped future.
+    main_on_runtime("berth-bench", run(args, cancel.clone()), || {
+        cancel.store(true, Ordering::Relaxed)
+    })
 }

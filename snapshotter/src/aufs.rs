@@ -190,8 +190,7 @@ impl Snapshotter for AufsSnapshotter {
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        let (id, _, _) = self.base.ms.read(|tx| tx.get_info(key))?;
-        self.base.remove(key)?;
+        let id = self.base.remove(key)?;
         let file = self.layers_file(&id);
         if let Err(e) = std::fs::remove_file(&file) {
             tracing::warn!(error = %e, path = %file.display(), "remove layers file");

@@ -182,14 +182,16 @@ impl Base {
     }
 
     /// Removes `key`'s record, then its directory.
-    pub(crate) fn remove(&self, key: &str) -> Result<()> {
+    /// Returns the removed snapshot's id (for files a backend keeps beside
+    /// the directory).
+    pub(crate) fn remove(&self, key: &str) -> Result<String> {
         let (id, _) = self.ms.write(|tx| tx.remove(key))?;
         // The record is gone: a failure here leaves garbage for cleanup,
         // not an error for the caller.
         if let Err(e) = fsutil::remove_all(&self.snapshot_dir(&id)) {
             tracing::warn!(error = %e, id = %id, "remove snapshot directory");
         }
-        Ok(())
+        Ok(id)
     }
 
     /// Collects matching infos in a read transaction, then calls `f`

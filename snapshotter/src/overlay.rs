@@ -145,7 +145,7 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        self.base.remove(key)
+        self.base.remove(key).map(drop)
     }
 
     fn walk(&self, filters: &[String], f: &mut dyn FnMut(Info) -> Result<()>) -> Result<()> {

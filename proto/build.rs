@@ -71,7 +71,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&out_dir)
         .service_generator(Box::new(GrpcOnly(services)))
         // `Name` impls: `full_name()` is the bare proto name that containerd uses as type URL.
-        .enable_type_names();
+        .enable_type_names()
+        // Decoded without a copy: every ingested byte passes through this field.
+        .bytes([".containerd.services.content.v1.WriteContentRequest.data"]);
     config.compile_fds(fds)?;
     Ok(())
 }

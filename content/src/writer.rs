@@ -18,6 +18,8 @@ use crate::store::{
 use crate::timestamp;
 
 const HASH_BUF: usize = 1 << 20;
+/// Writes of at least this much copy and hash on two threads.
+const PARALLEL_HASH_MIN: usize = 256 << 10;
 /// Written data is handed to the kernel for write-back in pieces of this size, so the
 /// disk works while the client still sends and the fsync at commit has little left to do.
 const WRITEBACK_CHUNK: u64 = 8 << 20;
@@ -231,7 +233,11 @@ impl Writer {
     /// Appends `data` at the current offset. Writing past a declared total
     /// fails with `FailedPrecondition` and writes nothing.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        let file = self.live_file()?;
+        // The field, not `live_file`: the hasher is borrowed alongside.
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| Error::WriterClosed(self.reference.clone()))?;
         if data.is_empty() {
             return Ok(());
         }
@@ -248,8 +254,25 @@ impl Writer {
             }
         }
         let end = self.offset + len;
-        if let Err(e) = file.write_all_at(data, self.offset) {
-            // Keep the file equal to what the hash covers.
+        // Copy into the page cache and hash at the same time: each is a pass over the
+        // data, and clients wait for the running digest before sending more.
+        let unhashed = self.hasher.clone();
+        let written = if data.len() >= PARALLEL_HASH_MIN {
+            let (offset, hasher) = (self.offset, &mut self.hasher);
+            std::thread::scope(|scope| {
+                let writing = scope.spawn(|| file.write_all_at(data, offset));
+                hasher.update(data);
+                writing
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("write thread panicked")))
+            })
+        } else {
+            self.hasher.update(data);
+            file.write_all_at(data, self.offset)
+        };
+        if let Err(e) = written {
+            // Keep the file and the hash equal to what was written before.
+            self.hasher = unhashed;
             if let Err(e2) = file.set_len(self.offset) {
                 tracing::warn!(reference = %self.reference, error = %e2, "cannot roll back partial write");
             }
@@ -259,7 +282,6 @@ impl Writer {
             start_writeback(file, self.writeback_from, end - self.writeback_from);
             self.writeback_from = end;
         }
-        self.hasher.update(data);
         self.offset = end;
         self.updated_at = SystemTime::now();
         Ok(())

@@ -172,7 +172,7 @@ pub async fn upload(conn: &Conn, up: Upload, mut source: Source) -> anyhow::Resu
         let req = WriteContentRequest {
             action: WriteAction::Write as i32,
             offset: offset as i64,
-            data: buf[..n].to_vec(),
+            data: buf[..n].to_vec().into(),
             ..Default::default()
         };
         send(&tx, &mut responses, req, ctx).await?;

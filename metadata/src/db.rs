@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use berth_content::Store;
@@ -41,6 +42,9 @@ impl DbOptions {
 /// [`Db::snapshots`]; GC: [`Db::garbage_collect`].
 pub struct Db {
     pub(crate) kv: Box<dyn KvStore>,
+    /// The store holds this build's schema record. A fresh store gets it with its first
+    /// write, so that opening one writes (and waits for) nothing.
+    schema_recorded: AtomicBool,
     pub(crate) store: Arc<Store>,
     /// Content commits, deletes and ingest changes hold this shared; the
     /// content sweep of GC holds it exclusively while deleting blobs, so a
@@ -71,9 +75,10 @@ impl Db {
             source,
         })?;
         let kv = kv::open(&opts.store_path(), opts.backend)?;
-        init_schema(&*kv)?;
+        let schema_recorded = check_schema(&*kv)?;
         Ok(Arc::new_cyclic(|me| Db {
             kv,
+            schema_recorded: AtomicBool::new(schema_recorded),
             store: content,
             content_lock: RwLock::new(()),
             snapshotters: RwLock::new(BTreeMap::new()),
@@ -97,7 +102,17 @@ impl Db {
     }
 
     pub(crate) fn update<T>(&self, f: impl FnOnce(&mut dyn WriteTxn) -> Result<T>) -> Result<T> {
-        kv::update(&*self.kv, f)
+        if self.schema_recorded.load(Ordering::Acquire) {
+            return kv::update(&*self.kv, f);
+        }
+        let out = kv::update(&*self.kv, |tx| {
+            if schema::get_json::<SchemaRecord, _>(tx, &schema_key())?.is_none() {
+                put_schema(tx)?;
+            }
+            f(tx)
+        })?;
+        self.schema_recorded.store(true, Ordering::Release);
+        Ok(out)
     }
 
     pub(crate) fn content_shared(&self) -> RwLockReadGuard<'_, ()> {
@@ -115,32 +130,34 @@ impl Db {
     }
 }
 
-fn init_schema(kv: &dyn KvStore) -> Result<()> {
-    kv::update(kv, |tx| {
-        let key = schema::encode(&[V1]);
-        match schema::get_json::<SchemaRecord, _>(tx, &key)? {
-            None => schema::put_json(
-                tx,
-                &key,
-                &SchemaRecord {
-                    version: SCHEMA_VERSION,
-                },
-            ),
-            Some(r) if r.version == SCHEMA_VERSION => Ok(()),
-            Some(r) if r.version < SCHEMA_VERSION => {
-                // Migrations from older minor versions go here.
-                schema::put_json(
-                    tx,
-                    &key,
-                    &SchemaRecord {
-                        version: SCHEMA_VERSION,
-                    },
-                )
-            }
-            Some(r) => Err(Error::FailedPrecondition(format!(
-                "metadata schema v1.{} is newer than this build supports (v1.{SCHEMA_VERSION})",
-                r.version
-            ))),
-        }
-    })
+fn schema_key() -> Vec<u8> {
+    schema::encode(&[V1])
+}
+
+fn put_schema(tx: &mut dyn WriteTxn) -> Result<()> {
+    schema::put_json(
+        tx,
+        &schema_key(),
+        &SchemaRecord {
+            version: SCHEMA_VERSION,
+        },
+    )
+}
+
+/// Checks the store's schema version, migrating an older one. Returns whether the store
+/// holds a schema record (a fresh store does not until its first write).
+fn check_schema(kv: &dyn KvStore) -> Result<bool> {
+    let found = kv::view(kv, |tx| {
+        schema::get_json::<SchemaRecord, _>(tx, &schema_key())
+    })?;
+    match found {
+        None => Ok(false),
+        Some(r) if r.version == SCHEMA_VERSION => Ok(true),
+        // Migrations from older minor versions go here.
+        Some(r) if r.version < SCHEMA_VERSION => kv::update(kv, put_schema).map(|()| true),
+        Some(r) => Err(Error::FailedPrecondition(format!(
+            "metadata schema v1.{} is newer than this build supports (v1.{SCHEMA_VERSION})",
+            r.version
+        ))),
+    }
 }

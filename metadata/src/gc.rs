@@ -170,23 +170,33 @@ impl Db {
         let mut stats = GcStats::default();
         let t0 = Instant::now();
         let now = SystemTime::now();
-        stats.removed = self.update(|tx| {
-            let roots = scan_roots(tx, now)?;
-            let marked = mark(tx, roots)?;
-            let mut removed = Vec::new();
-            for n in scan_all(tx)? {
-                if !marked.contains(&n) {
-                    remove(tx, &n)?;
-                    removed.push(Removed {
-                        namespace: n.ns,
-                        kind: n.kind,
-                        key: n.key,
-                    });
-                }
-            }
-            removed.sort();
-            Ok(removed)
+        // Most runs find nothing: look in a read transaction first, so that those write
+        // (and fsync) nothing.
+        let any_garbage = self.view(|tx| {
+            let marked = mark(tx, scan_roots(tx, now)?)?;
+            Ok(scan_all(tx)?.iter().any(|n| !marked.contains(n)))
         })?;
+        stats.removed = if !any_garbage {
+            Vec::new()
+        } else {
+            self.update(|tx| {
+                let roots = scan_roots(tx, now)?;
+                let marked = mark(tx, roots)?;
+                let mut removed = Vec::new();
+                for n in scan_all(tx)? {
+                    if !marked.contains(&n) {
+                        remove(tx, &n)?;
+                        removed.push(Removed {
+                            namespace: n.ns,
+                            kind: n.kind,
+                            key: n.key,
+                        });
+                    }
+                }
+                removed.sort();
+                Ok(removed)
+            })?
+        };
         stats.meta_duration = t0.elapsed();
         for r in &stats.removed {
             tracing::debug!(namespace = %r.namespace, kind = ?r.kind, key = %r.key, "gc removed record");

@@ -92,7 +92,7 @@ fn write_content_request_exact_bytes() {
         total: 5,
         expected: "d".into(),
         offset: 3,
-        data: vec![0xAA, 0xBB],
+        data: vec![0xAA, 0xBB].into(),
         labels: [("k".to_string(), "v".to_string())].into(),
     };
     let expected: &[u8] = &[

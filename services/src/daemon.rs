@@ -62,11 +62,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (content, db, uuid, snapshotters) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             // The stores are independent until the backends register with
-            // the metadata store: open them all at once (each open waits on
-            // its own fsyncs, and start-up time is what the client waits).
+            // the metadata store: open them all at once (start-up time is
+            // what the client waits).
             std::thread::scope(|scope| {
                 let backends = open_snapshotters(scope, &root, &snapshotter_config);
-                let uuid = scope.spawn(|| load_or_create_uuid(&root));
+                let uuid = load_or_create_uuid(&root).context("server uuid")?;
                 let content = Arc::new(
                     berth_content::Store::open(root.join("io.containerd.content.v1.content"))
                         .context("open content store")?,
@@ -79,10 +79,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     content.clone(),
                 )
                 .context("open metadata store")?;
-                let uuid = uuid
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("server uuid: panicked"))?
-                    .context("server uuid")?;
                 let snapshotters = register_snapshotters(backends, &db)?;
                 Ok((content, db, uuid, snapshotters))
             })

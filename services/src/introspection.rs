@@ -168,14 +168,18 @@ pub fn load_or_create_uuid(root: &Path) -> std::io::Result<String> {
     std::fs::create_dir_all(&dir)?;
     let id = uuid::Uuid::new_v4().to_string();
     let tmp = dir.join("uuid.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(id.as_bytes())?;
-        f.sync_all()?;
-    }
+    std::fs::write(&tmp, id.as_bytes())?;
     std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(&dir)?.sync_all()?;
+    // Made durable in the background: start-up does not wait for the fsyncs, and a uuid
+    // that a power loss cuts short reads as invalid and is replaced, as above.
+    std::thread::spawn(move || {
+        let synced = std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::File::open(&dir)?.sync_all());
+        if let Err(e) = synced {
+            tracing::warn!(path = %path.display(), error = %e, "cannot sync the server uuid");
+        }
+    });
     Ok(id)
 }
 

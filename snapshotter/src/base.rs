@@ -212,9 +212,9 @@ impl Base {
     /// Removes directories under `<dir>/` that no record owns and no
     /// in-flight operation is staging.
     pub(crate) fn cleanup(&self) -> Result<()> {
-        // A write transaction keeps creations (which rename inside theirs)
-        // out while the directory is scanned.
-        let garbage = self.ms.write(|tx| {
+        // Creations (which rename inside their write transactions) are held
+        // off while the directory is scanned.
+        let garbage = self.ms.exclusive(|tx| {
             let ids = tx.id_map()?;
             let names = fsutil::read_dir_names(&self.snapshots_dir())?;
             let staging = self.staging();

@@ -15,7 +15,9 @@
 //! the database file.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use berth_filters::{Adaptor, Filter};
@@ -78,93 +80,69 @@ pub struct Snapshot {
     pub parent_ids: Vec<String>,
 }
 
-/// The metadata database of one backend.
+/// The metadata database of one backend. A database that does not exist yet is created by
+/// the first write transaction, not when opened: a daemon starting on a fresh root waits
+/// for no fsync, and reads until then see no snapshots.
 pub struct MetaStore {
-    db: Database,
+    path: PathBuf,
+    /// An exclusive lock on the database's directory, held while open: another instance
+    /// must not use the directory even before the database file exists.
+    _dir_lock: File,
+    db: OnceLock<Database>,
+    /// Serialises the creation of a fresh database.
+    creating: Mutex<()>,
 }
 
 impl MetaStore {
-    /// Opens or creates the database at `path` (its directory must exist).
+    /// Opens the database at `path` (its directory must exist), or prepares to create it
+    /// on the first write.
     pub fn open(path: &Path) -> Result<MetaStore> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Storage(format!(
-                "{} is already open (by this or another process)",
-                path.display()
-            )),
-            e => Error::Storage(format!("open {}: {e}", path.display())),
-        })?;
-        let store = MetaStore { db };
-        if store.is_current()? {
-            return Ok(store);
+        let store = MetaStore {
+            _dir_lock: lock_dir(path).map_err(Error::Storage)?,
+            path: path.to_path_buf(),
+            db: OnceLock::new(),
+            creating: Mutex::new(()),
+        };
+        if path.exists() {
+            store.create_or_open()?;
         }
-        // Creating the tables and the version need not be durable: a crash that loses
-        // them has them created again here, and the first durable commit persists them.
-        store.write_with(Durability::None, |tx| {
-            tx.tx
-                .open_table(SNAPSHOTS)
-                .map_err(storage_err("create table"))?;
-            tx.tx
-                .open_table(CHILDREN)
-                .map_err(storage_err("create table"))?;
-            let mut meta = tx
-                .tx
-                .open_table(META)
-                .map_err(storage_err("create table"))?;
-            let version = meta
-                .get("version")
-                .map_err(storage_err("get version"))?
-                .map(|v| v.value());
-            match version {
-                None => {
-                    meta.insert("version", SCHEMA_VERSION)
-                        .map_err(storage_err("put version"))?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(v) => {
-                    return Err(Error::Storage(format!(
-                        "{}: unsupported schema version {v} (this build knows {SCHEMA_VERSION})",
-                        path.display()
-                    )))
-                }
-            }
-            Ok(())
-        })?;
         Ok(store)
     }
 
-    /// True if the tables exist and the schema version is this build's: nothing to set up.
-    fn is_current(&self) -> Result<bool> {
-        let tx = self.db.begin_read().map_err(storage_err("begin read"))?;
-        for table in [
-            tx.open_untyped_table(SNAPSHOTS),
-            tx.open_untyped_table(CHILDREN),
-        ] {
-            match table {
-                Ok(_) => {}
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-                Err(e) => return Err(storage_err("open table")(e)),
-            }
+    /// The database, opened (and its schema set up) or created now if it is not yet.
+    fn create_or_open(&self) -> Result<&Database> {
+        if let Some(db) = self.db.get() {
+            return Ok(db);
         }
-        let meta = match tx.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(storage_err("open table")(e)),
-        };
-        let version = meta
-            .get("version")
-            .map_err(storage_err("get version"))?
-            .map(|v| v.value());
-        Ok(version == Some(SCHEMA_VERSION))
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = self.db.get() {
+            return Ok(db);
+        }
+        let db = Database::create(&self.path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Storage(format!(
+                "{} is already open (by this or another process)",
+                self.path.display()
+            )),
+            e => Error::Storage(format!("open {}: {e}", self.path.display())),
+        })?;
+        if !is_current(&db)? {
+            set_up_schema(&db, &self.path)?;
+        }
+        Ok(self.db.get_or_init(|| db))
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot).
     pub fn read<T>(&self, f: impl FnOnce(&ReadTx) -> Result<T>) -> Result<T> {
-        let tx = self.db.begin_read().map_err(storage_err("begin read"))?;
+        let Some(db) = self.db.get() else {
+            return f(&ReadTx { tables: None });
+        };
+        let tx = db.begin_read().map_err(storage_err("begin read"))?;
         let rtx = ReadTx {
-            snapshots: tx
-                .open_table(SNAPSHOTS)
-                .map_err(storage_err("open table"))?,
-            children: tx.open_table(CHILDREN).map_err(storage_err("open table"))?,
+            tables: Some((
+                tx.open_table(SNAPSHOTS)
+                    .map_err(storage_err("open table"))?,
+                tx.open_table(CHILDREN).map_err(storage_err("open table"))?,
+            )),
         };
         f(&rtx)
     }
@@ -172,29 +150,125 @@ impl MetaStore {
     /// Runs `f` in a write transaction, committed (durably) if `f` succeeds
     /// and rolled back if it fails.
     pub fn write<T>(&self, f: impl FnOnce(&mut WriteTx) -> Result<T>) -> Result<T> {
-        self.write_with(Durability::Immediate, f)
+        write_with(self.create_or_open()?, Durability::Immediate, f)
     }
 
-    fn write_with<T>(
-        &self,
-        durability: Durability,
-        f: impl FnOnce(&mut WriteTx) -> Result<T>,
-    ) -> Result<T> {
-        let mut tx = self.db.begin_write().map_err(storage_err("begin write"))?;
-        tx.set_durability(durability)
-            .map_err(storage_err("set durability"))?;
-        let mut wtx = WriteTx { tx };
-        match f(&mut wtx) {
-            Ok(v) => {
-                wtx.tx.commit().map_err(storage_err("commit"))?;
-                Ok(v)
+    /// Runs `f` on the current state with writers held off (e.g. while a directory is
+    /// scanned for leftovers), committing nothing.
+    pub fn exclusive<T>(&self, f: impl FnOnce(&dyn Transaction) -> Result<T>) -> Result<T> {
+        let creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(db) = self.db.get() else {
+            // Writers wait on `creating` to create the database.
+            let out = f(&ReadTx { tables: None });
+            drop(creating);
+            return out;
+        };
+        drop(creating);
+        let tx = db.begin_write().map_err(storage_err("begin write"))?;
+        let wtx = WriteTx { tx };
+        let out = f(&wtx);
+        if let Err(e) = wtx.tx.abort() {
+            tracing::warn!(error = %e, "snapshot metadata: abort failed");
+        }
+        out
+    }
+}
+
+/// Locks the directory of `db_path` exclusively (flock), or says who holds it.
+fn lock_dir(db_path: &Path) -> std::result::Result<File, String> {
+    let dir = db_path.parent().unwrap_or(Path::new("."));
+    let f = File::open(dir).map_err(|e| format!("open {}: {e}", dir.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is already open (by this or another process)",
+            db_path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("lock {}: {e}", dir.display())),
+    }
+}
+
+/// True if the tables exist and the schema version is this build's: nothing to set up.
+fn is_current(db: &Database) -> Result<bool> {
+    let tx = db.begin_read().map_err(storage_err("begin read"))?;
+    for table in [
+        tx.open_untyped_table(SNAPSHOTS),
+        tx.open_untyped_table(CHILDREN),
+    ] {
+        match table {
+            Ok(_) => {}
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(storage_err("open table")(e)),
+        }
+    }
+    let meta = match tx.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(storage_err("open table")(e)),
+    };
+    let version = meta
+        .get("version")
+        .map_err(storage_err("get version"))?
+        .map(|v| v.value());
+    Ok(version == Some(SCHEMA_VERSION))
+}
+
+/// Creates the tables and records the schema version. Need not be durable: a crash that
+/// loses them has them created again, and the first durable commit persists them.
+fn set_up_schema(db: &Database, path: &Path) -> Result<()> {
+    write_with(db, Durability::None, |tx| {
+        tx.tx
+            .open_table(SNAPSHOTS)
+            .map_err(storage_err("create table"))?;
+        tx.tx
+            .open_table(CHILDREN)
+            .map_err(storage_err("create table"))?;
+        let mut meta = tx
+            .tx
+            .open_table(META)
+            .map_err(storage_err("create table"))?;
+        let version = meta
+            .get("version")
+            .map_err(storage_err("get version"))?
+            .map(|v| v.value());
+        match version {
+            None => {
+                meta.insert("version", SCHEMA_VERSION)
+                    .map_err(storage_err("put version"))?;
             }
-            Err(e) => {
-                if let Err(abort) = wtx.tx.abort() {
-                    tracing::warn!(error = %abort, "snapshot metadata: abort failed");
-                }
-                Err(e)
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(Error::Storage(format!(
+                    "{}: unsupported schema version {v} (this build knows {SCHEMA_VERSION})",
+                    path.display()
+                )))
             }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` in a write transaction of `db`, committed if `f` succeeds and rolled back if
+/// it fails.
+fn write_with<T>(
+    db: &Database,
+    durability: Durability,
+    f: impl FnOnce(&mut WriteTx) -> Result<T>,
+) -> Result<T> {
+    let mut tx = db.begin_write().map_err(storage_err("begin write"))?;
+    tx.set_durability(durability)
+        .map_err(storage_err("set durability"))?;
+    let mut wtx = WriteTx { tx };
+    match f(&mut wtx) {
+        Ok(v) => {
+            wtx.tx.commit().map_err(storage_err("commit"))?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(abort) = wtx.tx.abort() {
+                tracing::warn!(error = %abort, "snapshot metadata: abort failed");
+            }
+            Err(e)
         }
     }
 }
@@ -328,23 +402,35 @@ where
         .is_some())
 }
 
-/// A read transaction.
+/// A read transaction: the snapshots and children tables, none before the database
+/// exists.
 pub struct ReadTx {
-    snapshots: ReadOnlyTable<&'static str, &'static [u8]>,
-    children: ReadOnlyTable<(u64, u64), &'static str>,
+    tables: Option<(SnapshotsTable, ChildrenTable)>,
 }
+
+type SnapshotsTable = ReadOnlyTable<&'static str, &'static [u8]>;
+type ChildrenTable = ReadOnlyTable<(u64, u64), &'static str>;
 
 impl Transaction for ReadTx {
     fn record(&self, key: &str) -> Result<Option<Record>> {
-        get_record(&self.snapshots, key)
+        match &self.tables {
+            Some((snapshots, _)) => get_record(snapshots, key),
+            None => Ok(None),
+        }
     }
 
     fn records(&self) -> Result<Vec<(String, Record)>> {
-        all_records(&self.snapshots)
+        match &self.tables {
+            Some((snapshots, _)) => all_records(snapshots),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn has_children(&self, id: u64) -> Result<bool> {
-        any_child(&self.children, id)
+        match &self.tables {
+            Some((_, children)) => any_child(children, id),
+            None => Ok(false),
+        }
     }
 }
 

@@ -631,7 +631,7 @@ impl Writer {
             action: WriteAction::Write as i32,
             r#ref: self.reference.clone(),
             offset,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             ..Default::default()
         })
         .await

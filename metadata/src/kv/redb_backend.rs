@@ -3,8 +3,10 @@
 //! redb gives MVCC snapshots for readers and a single blocking writer, so the
 //! [`KvStore`] contract maps onto it directly.
 
+use std::fs::File;
 use std::ops::{Bound, ControlFlow};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -21,46 +23,103 @@ where
     move |e| Error::storage(NAME, op, e)
 }
 
-/// A redb database file holding one table.
+/// A redb database file holding one table. A store that does not exist yet is created by
+/// its first write transaction, not when opened: a daemon starting on a fresh root waits
+/// for no fsync, and reads until then see an empty store.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// An exclusive lock on the file's directory, held while open: another process must
+    /// not use the store even before its file exists.
+    _dir_lock: File,
+    db: OnceLock<Database>,
+    /// Serialises the creation of a fresh store.
+    creating: Mutex<()>,
 }
 
 impl RedbStore {
-    /// Opens or creates the database file at `path` (its parent must exist).
+    /// Opens the database file at `path` (its parent must exist), or prepares to create it
+    /// on the first write.
     pub fn open(path: &Path) -> Result<RedbStore> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
-                "metadata store {} is open in another process",
-                path.display()
-            )),
-            e => Error::Storage {
-                backend: NAME,
-                op: "open",
-                source: format!("{}: {e}", path.display()).into(),
-            },
-        })?;
-        // Make sure the table exists so read transactions can always open it. The creation
-        // need not be durable: it is redone here if a crash loses it, and the first
-        // durable commit persists it.
-        let exists = match db
-            .begin_read()
-            .map_err(err("begin read"))?
-            .open_table(TABLE)
-        {
-            Ok(_) => true,
-            Err(redb::TableError::TableDoesNotExist(_)) => false,
-            Err(e) => return Err(err("open table")(e)),
+        let store = RedbStore {
+            _dir_lock: lock_dir(path)?,
+            path: path.to_path_buf(),
+            db: OnceLock::new(),
+            creating: Mutex::new(()),
         };
-        if !exists {
-            let mut tx = db.begin_write().map_err(err("begin write"))?;
-            tx.set_durability(Durability::None)
-                .map_err(err("set durability"))?;
-            tx.open_table(TABLE).map_err(err("create table"))?;
-            tx.commit().map_err(err("commit"))?;
+        if path.exists() {
+            store.create_or_open()?;
         }
-        Ok(RedbStore { db })
+        Ok(store)
     }
+
+    /// The database, opened or created now if it is not yet.
+    fn create_or_open(&self) -> Result<&Database> {
+        if let Some(db) = self.db.get() {
+            return Ok(db);
+        }
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = self.db.get() {
+            return Ok(db);
+        }
+        let db = open_database(&self.path)?;
+        Ok(self.db.get_or_init(|| db))
+    }
+}
+
+/// Locks the directory of `path` exclusively (flock), or says who holds it.
+fn lock_dir(path: &Path) -> Result<File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let f = File::open(dir).map_err(|e| Error::Storage {
+        backend: NAME,
+        op: "open directory",
+        source: format!("{}: {e}", dir.display()).into(),
+    })?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Unavailable(format!(
+            "metadata store {} is open in another process",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage {
+            backend: NAME,
+            op: "lock directory",
+            source: format!("{}: {e}", dir.display()).into(),
+        }),
+    }
+}
+
+/// Opens or creates the file and makes sure the table exists, so read transactions can
+/// always open it. The table's creation need not be durable: it is redone here if a crash
+/// loses it, and the first durable commit persists it.
+fn open_database(path: &Path) -> Result<Database> {
+    let db = Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
+            "metadata store {} is open in another process",
+            path.display()
+        )),
+        e => Error::Storage {
+            backend: NAME,
+            op: "open",
+            source: format!("{}: {e}", path.display()).into(),
+        },
+    })?;
+    let exists = match db
+        .begin_read()
+        .map_err(err("begin read"))?
+        .open_table(TABLE)
+    {
+        Ok(_) => true,
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(e) => return Err(err("open table")(e)),
+    };
+    if !exists {
+        let mut tx = db.begin_write().map_err(err("begin write"))?;
+        tx.set_durability(Durability::None)
+            .map_err(err("set durability"))?;
+        tx.open_table(TABLE).map_err(err("create table"))?;
+        tx.commit().map_err(err("commit"))?;
+    }
+    Ok(db)
 }
 
 impl KvStore for RedbStore {
@@ -69,16 +128,35 @@ impl KvStore for RedbStore {
     }
 
     fn begin_read(&self) -> Result<Box<dyn ReadTxn + '_>> {
-        let tx = self.db.begin_read().map_err(err("begin read"))?;
+        let Some(db) = self.db.get() else {
+            return Ok(Box::new(Empty));
+        };
+        let tx = db.begin_read().map_err(err("begin read"))?;
         let table = tx.open_table(TABLE).map_err(err("open table"))?;
         Ok(Box::new(RedbRead { table }))
     }
 
     fn begin_write(&self) -> Result<Box<dyn WriteTxn + '_>> {
-        let mut tx = self.db.begin_write().map_err(err("begin write"))?;
+        let mut tx = self
+            .create_or_open()?
+            .begin_write()
+            .map_err(err("begin write"))?;
         tx.set_durability(Durability::Immediate)
             .map_err(err("set durability"))?;
         Ok(Box::new(RedbWrite { tx }))
+    }
+}
+
+/// A read transaction of a store not created yet.
+struct Empty;
+
+impl ReadTxn for Empty {
+    fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    fn range(&self, _start: Bound<&[u8]>, _end: Bound<&[u8]>, _f: &mut ScanFn<'_>) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -519,9 +519,9 @@ impl Snapshotter for DevmapperSnapshotter {
     }
 
     fn cleanup(&self) -> Result<()> {
-        // A write transaction keeps creations (which publish inside theirs)
-        // out while the pool is scanned.
-        let (garbage, live) = self.ms.write(|tx| {
+        // Creations (which publish inside their write transactions) are held
+        // off while the pool is scanned.
+        let (garbage, live) = self.ms.exclusive(|tx| {
             let records = tx.records()?;
             let ids: HashSet<String> = records.iter().map(|(_, r)| r.id.to_string()).collect();
             let live: HashSet<String> = records

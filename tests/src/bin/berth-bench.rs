@@ -394,7 +394,7 @@ async fn ingest(socket: &Path, blob: &Blob, reference: &str, window: usize) -> R
         tx.send(WriteContentRequest {
             action: WriteAction::Write as i32,
             offset,
-            data: chunk,
+            data: chunk.into(),
             ..Default::default()
         })
         .await

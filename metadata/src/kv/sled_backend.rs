@@ -28,6 +28,9 @@ fn err(op: &'static str) -> impl FnOnce(sled::Error) -> Error {
     move |e| Error::storage(NAME, op, e)
 }
 
+/// How long opening waits for sled's lock of a database closed just before.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A sled database directory.
 pub struct SledStore {
     db: sled::Db,
@@ -38,14 +41,29 @@ pub struct SledStore {
 impl SledStore {
     /// Opens or creates the sled database in directory `path`.
     pub fn open(path: &Path) -> Result<SledStore> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| Error::Storage {
-                backend: NAME,
-                op: "open",
-                source: format!("{}: {e}", path.display()).into(),
-            })?;
+        // sled's file lock goes with the last handle of a database, which its flusher
+        // thread may hold a moment after the database was dropped: a store reopened in
+        // the same process (a restart) waits for it, briefly.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                // sled reports it as ErrorKind::Other with this text.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(Error::Storage {
+                        backend: NAME,
+                        op: "open",
+                        source: format!("{}: {e}", path.display()).into(),
+                    })
+                }
+            }
+        };
         Ok(SledStore {
             db,
             writer: Mutex::new(()),

@@ -50,6 +50,8 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Runtimes.
 const RUNC_V2: &str = "io.containerd.runc.v2";
 const BERTH_V2: &str = "io.containerd.berth.v2";
+/// Ids of the runtime-floor containers (`runc_steps`) in the bench's own runc root.
+const RUNC_STEPS_TAG: &str = "rsteps";
 /// Where the shims keep runc's state: the stock shim under containerd's default, ours under
 /// Berth's (`/run/berth/runc/<ns>`), whichever daemon drives them.
 const STOCK_RUNC_ROOT: &str = "/run/containerd/runc";
@@ -514,13 +516,7 @@ impl Ctx<'_> {
                 .await?
             }
             None => {
-                // The cgroup path differs per id, as ctr's /<ns>/<id>: patch it in a copy.
-                let b = self.bundle.join(id);
-                std::fs::create_dir_all(&b)?;
-                let mut spec: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(self.bundle.join("config.json"))?)?;
-                spec["linux"]["cgroupsPath"] = format!("{}/{id}", self.cgroup_runc).into();
-                std::fs::write(b.join("config.json"), serde_json::to_vec(&spec)?)?;
+                let b = self.bundle_for(id)?;
                 let r = exec_ok(
                     tokio::process::Command::new(&self.args.runc)
                         .arg("--root")
@@ -536,6 +532,66 @@ impl Ctx<'_> {
             }
         };
         Ok(t)
+    }
+
+    /// A bundle for bare runc: the shared config.json with the cgroup path of `id` (it
+    /// differs per id, as ctr's /<ns>/<id>).
+    fn bundle_for(&self, id: &str) -> Result<PathBuf> {
+        let b = self.bundle.join(id);
+        std::fs::create_dir_all(&b)?;
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.bundle.join("config.json"))?)?;
+        spec["linux"]["cgroupsPath"] = format!("{}/{id}", self.cgroup_runc).into();
+        std::fs::write(b.join("config.json"), serde_json::to_vec(&spec)?)?;
+        Ok(b)
+    }
+
+    fn runc(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.args.runc);
+        c.arg("--root").arg(&self.runc_root).args(args);
+        c
+    }
+
+    /// `runc create`, `runc start` and `runc delete` of one container as separate commands,
+    /// as every shim that drives the runc CLI runs them for a run --rm: the sum of their wall
+    /// times (the wait for the exit in between is not counted). The runtime's share of any
+    /// such shim's run --rm.
+    async fn runc_steps(&self, id: &str) -> Result<Duration> {
+        let b = self.bundle_for(id)?;
+        let r = async {
+            // Not `exec`: the container's init inherits create's stdio, so pipes would
+            // stay open until it exits.
+            let mut create = self.runc(&["create", "--bundle"]);
+            create
+                .arg(&b)
+                .arg(id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            let t0 = Instant::now();
+            let status = timeout(CMD_TIMEOUT, create.status())
+                .await
+                .map_err(|_| anyhow!("runc create {id} did not finish within {CMD_TIMEOUT:?}"))??;
+            let t_create = t0.elapsed();
+            ensure!(status.success(), "runc create {id} failed ({status})");
+            let (t_start, _) = exec_ok(&mut self.runc(&["start", id]), CMD_TIMEOUT).await?;
+            let deadline = Instant::now() + CMD_TIMEOUT;
+            loop {
+                let (_, out) = exec_ok(&mut self.runc(&["state", id]), CMD_TIMEOUT).await?;
+                let state: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                if state["status"] == "stopped" {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "runc: {id} did not stop");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let (t_delete, _) = exec_ok(&mut self.runc(&["delete", id]), CMD_TIMEOUT).await?;
+            Ok(t_create + t_start + t_delete)
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&b);
+        r
     }
 }
 
@@ -869,6 +925,12 @@ async fn run(args: Args) -> Result<()> {
             floor[i].push(t.as_secs_f64() * 1e3);
         }
     }
+    // The runtime's share: runc's create, start and delete commands.
+    let mut runc_floor = Vec::new();
+    for r in 0..args.runs {
+        let t = ctx.runc_steps(&format!("{RUNC_STEPS_TAG}-{r}")).await?;
+        runc_floor.push(t.as_secs_f64() * 1e3);
+    }
 
     // 2. Many containers.
     let mut starts: Vec<(Variant, StartResult)> = Vec::new();
@@ -932,6 +994,15 @@ async fn run(args: Args) -> Result<()> {
         args.runs,
         median(&floor[0]),
         median(&floor[1])
+    );
+    let runtime_floor = median(&runc_floor);
+    let both = median(&floor[0]) + runtime_floor;
+    println!(
+        "  runtime floor, `runc create` + `runc start` + `runc delete` (median of {}): {runtime_floor:.1} ms \
+         = {:.2}x bare runc run; client + runtime floor {both:.1} ms = {:.2}x containerd + runc shim",
+        args.runs,
+        runtime_floor / med[ir],
+        both / med[ic]
     );
 
     println!();

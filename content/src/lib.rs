@@ -25,4 +25,4 @@ pub use crate::digest::{Digest, ALGORITHM};
 pub use crate::error::{Error, Result};
 pub use crate::reader::Reader;
 pub use crate::store::{BlobInfo, Status, Store};
-pub use crate::writer::{Writer, WriterOpts};
+pub use crate::writer::{HashState, Writer, WriterOpts};

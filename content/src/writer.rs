@@ -18,6 +18,28 @@ use crate::store::{
 use crate::timestamp;
 
 const HASH_BUF: usize = 1 << 20;
+/// The running sha256 of an ingest, advanced by whoever hashes the next bytes.
+#[derive(Clone, Default)]
+pub struct HashState(Sha256);
+
+impl HashState {
+    /// Folds `data` in.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The digest of what was folded in so far.
+    pub fn digest(&self) -> Digest {
+        Digest::from_hasher(&self.0)
+    }
+}
+
+impl std::fmt::Debug for HashState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashState(sha256)")
+    }
+}
+
 /// Writes of at least this much copy and hash on two threads.
 const PARALLEL_HASH_MIN: usize = 256 << 10;
 /// Written data is handed to the kernel for write-back in pieces of this size, so the
@@ -233,6 +255,27 @@ impl Writer {
     /// Appends `data` at the current offset. Writing past a declared total
     /// fails with `FailedPrecondition` and writes nothing.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.append(data, None)
+    }
+
+    /// The running sha256 of the bytes written so far, for a caller that hashes the next
+    /// bytes itself while they arrive (see [`write_hashed`](Self::write_hashed)).
+    pub fn hash_state(&self) -> HashState {
+        HashState(self.hasher.clone())
+    }
+
+    /// Appends `data`, whose hash the caller has already folded in: `hashed` must be
+    /// [`hash_state`](Self::hash_state) updated with exactly `data`, or the ingest's digest
+    /// is wrong.
+    pub fn write_hashed(&mut self, data: &[u8], hashed: HashState) -> Result<()> {
+        self.append(data, Some(hashed.0))
+    }
+
+    /// Writes `data` at the offset and advances the hash: to `hashed` if given, else by
+    /// hashing `data` (on a second thread for large writes: copying into the page cache
+    /// and hashing are each a pass over the data, and clients wait for the running digest
+    /// before sending more).
+    fn append(&mut self, data: &[u8], hashed: Option<Sha256>) -> Result<()> {
         // The field, not `live_file`: the hasher is borrowed alongside.
         let file = self
             .file
@@ -254,21 +297,26 @@ impl Writer {
             }
         }
         let end = self.offset + len;
-        // Copy into the page cache and hash at the same time: each is a pass over the
-        // data, and clients wait for the running digest before sending more.
         let unhashed = self.hasher.clone();
-        let written = if data.len() >= PARALLEL_HASH_MIN {
-            let (offset, hasher) = (self.offset, &mut self.hasher);
-            std::thread::scope(|scope| {
-                let writing = scope.spawn(|| file.write_all_at(data, offset));
-                hasher.update(data);
-                writing
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("write thread panicked")))
-            })
-        } else {
-            self.hasher.update(data);
-            file.write_all_at(data, self.offset)
+        let written = match hashed {
+            Some(h) => {
+                self.hasher = h;
+                file.write_all_at(data, self.offset)
+            }
+            None if data.len() >= PARALLEL_HASH_MIN => {
+                let (offset, hasher) = (self.offset, &mut self.hasher);
+                std::thread::scope(|scope| {
+                    let writing = scope.spawn(|| file.write_all_at(data, offset));
+                    hasher.update(data);
+                    writing
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("write thread panicked")))
+                })
+            }
+            None => {
+                self.hasher.update(data);
+                file.write_all_at(data, self.offset)
+            }
         };
         if let Err(e) = written {
             // Keep the file and the hash equal to what was written before.

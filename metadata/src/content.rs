@@ -481,6 +481,25 @@ impl ContentWriter {
         self.ingest(None)?.write(data).map_err(content_err(what))
     }
 
+    /// The running sha256 of an ingest in progress (`None` for shared content not copied
+    /// into an ingest yet): see [`write_hashed`](Self::write_hashed).
+    pub fn hash_state(&self) -> Option<berth_content::HashState> {
+        match &self.state {
+            WriterState::Ingest(w) => Some(w.hash_state()),
+            _ => None,
+        }
+    }
+
+    /// Appends data whose hash the caller has folded into `hashed`, which must be
+    /// [`hash_state`](Self::hash_state) updated with exactly `data`.
+    pub fn write_hashed(&mut self, data: &[u8], hashed: berth_content::HashState) -> Result<()> {
+        let what = self.what();
+        match &mut self.state {
+            WriterState::Ingest(w) => w.write_hashed(data, hashed).map_err(content_err(what)),
+            _ => self.write(data),
+        }
+    }
+
     /// Cuts the ingest back to `size` bytes.
     pub fn truncate(&mut self, size: u64) -> Result<()> {
         if let WriterState::Shared { .. } = self.state {

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::{Config, KvBackend, SnapshotterConfig};
 use crate::containers::ContainersService;
+use crate::content::early::EarlyDataLayer;
 use crate::content::ContentService;
 use crate::diff::DiffService;
 use crate::events::{EventsService, Exchange};
@@ -40,11 +41,12 @@ use crate::version::VersionService;
 /// How long in-flight calls (and open event streams) get after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// HTTP/2 flow-control windows and frame size: Content.Write clients send 1 MiB messages
-/// (containerd's and ours), which with hyper's defaults (1 MB windows, 16 KiB frames) stall
-/// on WINDOW_UPDATEs mid-message and cost 64 frames each.
+/// (containerd's and ours), which with hyper's default 1 MB windows stall on WINDOW_UPDATEs
+/// mid-message. Frames stay small enough (64 KiB) that a message arrives in pieces the
+/// early hasher (`content::early`) works on while the rest is in flight.
 const H2_STREAM_WINDOW: u32 = 4 << 20;
 const H2_CONNECTION_WINDOW: u32 = 8 << 20;
-const H2_MAX_FRAME: u32 = 1 << 20;
+const H2_MAX_FRAME: u32 = 64 << 10;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     create_dir(&config.root, 0o711)?;
@@ -130,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_frame_size(H2_MAX_FRAME)
         .layer(OversizeLayer)
+        .layer(EarlyDataLayer)
         .add_service(svc!(VersionServer, VersionService))
         .add_service(svc!(HealthServer, HealthService))
         .add_service(svc!(
@@ -332,6 +335,7 @@ fn plugin_records(config: &Config, snapshotters: &[SnapshotterStatus]) -> Vec<Pl
         let mut r =
             PluginRecord::new(SNAPSHOTTER, s.name).export("root", s.root.display().to_string());
         r.init_err = s.init_err.clone();
+        r.backend = s.backend.clone();
         records.push(r);
     }
     records.extend([

@@ -2,6 +2,7 @@
 //! serves, as containerd-style plugin records, and who it is.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use berth_filters::{self as filters, Adaptor};
 use berth_proto::containerd::services::introspection::v1::{
@@ -12,10 +13,10 @@ use berth_proto::containerd::types::Platform;
 use berth_proto::google::rpc::Status as RpcStatus;
 use tonic::{Request, Response, Status};
 
-use crate::error::to_status;
+use crate::error::{join_error, to_status};
 
 /// One built-in component, described as containerd describes its plugins.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PluginRecord {
     pub kind: &'static str,
     pub id: String,
@@ -23,6 +24,9 @@ pub struct PluginRecord {
     pub exports: Vec<(String, String)>,
     /// Why the component could not start on this host, if it could not.
     pub init_err: Option<String>,
+    /// A snapshotter whose self-check may still be running at start-up: asked for its
+    /// [`init_error`](berth_snapshotter::Snapshotter::init_error) when listed.
+    pub backend: Option<Arc<dyn berth_snapshotter::Snapshotter>>,
 }
 
 impl PluginRecord {
@@ -33,6 +37,7 @@ impl PluginRecord {
             requires: Vec::new(),
             exports: Vec::new(),
             init_err: None,
+            backend: None,
         }
     }
 
@@ -46,7 +51,12 @@ impl PluginRecord {
         self
     }
 
+    /// The record as listed; may wait for a backend's self-check (blocking).
     fn to_proto(&self) -> Plugin {
+        let init_err = self
+            .init_err
+            .clone()
+            .or_else(|| self.backend.as_ref().and_then(|b| b.init_error()));
         Plugin {
             r#type: self.kind.to_string(),
             id: self.id.clone(),
@@ -54,9 +64,9 @@ impl PluginRecord {
             platforms: vec![host_platform()],
             exports: self.exports.iter().cloned().collect(),
             capabilities: Vec::new(),
-            init_err: self.init_err.as_ref().map(|m| RpcStatus {
+            init_err: init_err.map(|message| RpcStatus {
                 code: tonic::Code::Unknown as i32,
-                message: m.clone(),
+                message,
                 details: Vec::new(),
             }),
         }
@@ -94,13 +104,16 @@ impl Adaptor for PluginFields<'_> {
 }
 
 pub struct IntrospectionService {
-    plugins: Vec<PluginRecord>,
+    plugins: Arc<Vec<PluginRecord>>,
     uuid: String,
 }
 
 impl IntrospectionService {
     pub fn new(plugins: Vec<PluginRecord>, uuid: String) -> Self {
-        IntrospectionService { plugins, uuid }
+        IntrospectionService {
+            plugins: Arc::new(plugins),
+            uuid,
+        }
     }
 }
 
@@ -111,12 +124,16 @@ impl Introspection for IntrospectionService {
         request: Request<PluginsRequest>,
     ) -> Result<Response<PluginsResponse>, Status> {
         let filter = filters::parse_all(&request.into_inner().filters).map_err(to_status)?;
-        let plugins = self
-            .plugins
-            .iter()
-            .map(PluginRecord::to_proto)
-            .filter(|p| filter.matches(&PluginFields(p)))
-            .collect();
+        let records = self.plugins.clone();
+        let plugins = tokio::task::spawn_blocking(move || {
+            records
+                .iter()
+                .map(PluginRecord::to_proto)
+                .filter(|p| filter.matches(&PluginFields(p)))
+                .collect()
+        })
+        .await
+        .map_err(join_error)?;
         Ok(Response::new(PluginsResponse { plugins }))
     }
 
@@ -138,11 +155,15 @@ impl Introspection for IntrospectionService {
             .plugins
             .iter()
             .find(|p| p.kind == req.r#type && p.id == req.id)
+            .cloned()
             .ok_or_else(|| {
                 Status::not_found(format!("plugin {}.{} not found", req.r#type, req.id))
             })?;
+        let plugin = tokio::task::spawn_blocking(move || plugin.to_proto())
+            .await
+            .map_err(join_error)?;
         Ok(Response::new(PluginInfoResponse {
-            plugin: Some(plugin.to_proto()),
+            plugin: Some(plugin),
             extra: None,
         }))
     }

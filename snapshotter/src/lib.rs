@@ -134,4 +134,9 @@ pub trait Snapshotter: Send + Sync {
     /// Releases what the backend holds beyond its files (devices, mounts)
     /// at daemon shutdown; a no-op for most backends.
     fn close(&self) {}
+    /// Why the backend cannot work on this host, found by a self-check that
+    /// opening left running (waits for it); `None` when it works.
+    fn init_error(&self) -> Option<String> {
+        None
+    }
 }

@@ -12,8 +12,15 @@
 //!
 //! `index=off` is added when the kernel has that parameter, so the same
 //! lower directories can be used by several mounts at once.
+//!
+//! Opening checks that overlayfs works with its upper directories under the
+//! root (`check_mount`) on a background thread: the daemon starts serving
+//! without waiting, and the calls that hand out overlay mounts (prepare,
+//! view, mounts) and [`Snapshotter::init_error`] wait for the verdict.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use crate::base::Base;
 use crate::mount::MountGuard;
@@ -25,6 +32,53 @@ pub struct OverlaySnapshotter {
     base: Base,
     /// Extra overlay options (`index=off`).
     options: Vec<String>,
+    check: Check,
+}
+
+/// The mount check running in the background, then its verdict.
+struct Check {
+    running: Mutex<Option<JoinHandle<Result<()>>>>,
+    verdict: OnceLock<std::result::Result<(), String>>,
+}
+
+impl Check {
+    fn start(root: &Path, options: &[String]) -> Result<Check> {
+        let (root, options) = (root.to_path_buf(), options.to_vec());
+        let running = std::thread::Builder::new()
+            .name("overlay-check".into())
+            .spawn(move || check_mount(&root, &options))
+            .map_err(|e| Error::io("spawn the overlay check", "overlay-check", e))?;
+        Ok(Check {
+            running: Mutex::new(Some(running)),
+            verdict: OnceLock::new(),
+        })
+    }
+
+    /// Waits for the check (once) and returns its verdict.
+    fn verdict(&self) -> &std::result::Result<(), String> {
+        if let Some(v) = self.verdict.get() {
+            return v;
+        }
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = running {
+            let v = match h.join() {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("overlayfs: the mount check panicked".to_string()),
+            };
+            let _ = self.verdict.set(v);
+        }
+        // Another caller took the thread: wait for it to set the verdict.
+        self.verdict.wait()
+    }
+
+    /// Ok once the check passed; the check's error (Unsupported) if it failed.
+    fn passed(&self) -> Result<()> {
+        self.verdict().clone().map_err(Error::Unsupported)
+    }
 }
 
 /// Name clients use for this backend.
@@ -51,8 +105,12 @@ impl OverlaySnapshotter {
                 fsutil::remove_all(&p)?;
             }
         }
-        check_mount(root, &options)?;
-        Ok(OverlaySnapshotter { base, options })
+        let check = Check::start(root, &options)?;
+        Ok(OverlaySnapshotter {
+            base,
+            options,
+            check,
+        })
     }
 
     fn upper(&self, id: &str) -> PathBuf {
@@ -128,15 +186,18 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.check.passed()?;
         let s = self.base.ms.read(|tx| tx.get_snapshot(key))?;
         Ok(self.mounts_for(&s))
     }
 
     fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        self.check.passed()?;
         self.create(Kind::Active, key, parent, labels)
     }
 
     fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        self.check.passed()?;
         self.create(Kind::View, key, parent, labels)
     }
 
@@ -154,6 +215,10 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn cleanup(&self) -> Result<()> {
         self.base.cleanup()
+    }
+
+    fn init_error(&self) -> Option<String> {
+        self.check.verdict().clone().err()
     }
 }
 
@@ -176,9 +241,12 @@ fn check_kernel() -> Result<()> {
     ))
 }
 
-/// Mounts a two-lower overlay in a scratch directory under `root` (as
+/// Sets up a two-lower overlay in a scratch directory under `root` (as
 /// containerd's `overlayutils.Supported`): proves the filesystem of `root`
-/// can hold upper and work directories and that we may mount.
+/// can hold upper and work directories and that we may mount. Where the
+/// kernel has the new mount API the overlay superblock is created (which
+/// runs all of overlayfs's checks) but never attached, so no unmount has to
+/// wait for the mount namespace to settle: start-up waits on this.
 fn check_mount(root: &Path, extra: &[String]) -> Result<()> {
     let td = fsutil::mkdtemp_in(root, CHECK_PREFIX)?;
     let res = (|| {
@@ -192,6 +260,10 @@ fn check_mount(root: &Path, extra: &[String]) -> Result<()> {
             format!("workdir={}", p("work")),
         ];
         options.extend(extra.iter().cloned());
+        match superblock::create("overlay", &options) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            created => return created.map_err(|e| Error::io("create overlay", td.as_path(), e)),
+        }
         let m = Mount {
             kind: "overlay".into(),
             source: "overlay".into(),
@@ -207,4 +279,84 @@ fn check_mount(root: &Path, extra: &[String]) -> Result<()> {
         ))
     })?;
     removed
+}
+
+/// Filesystem superblocks through the new mount API (`fsopen`, `fsconfig`; Linux 5.2).
+mod superblock {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+    // Kernel ABI values (include/uapi/linux/mount.h).
+    const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+
+    fn cstring(s: &str) -> io::Result<CString> {
+        CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// One fsconfig(2) call on `fs`.
+    fn fsconfig(
+        fs: RawFd,
+        cmd: libc::c_uint,
+        key: Option<&CString>,
+        value: Option<&CString>,
+    ) -> io::Result<()> {
+        let ptr = |c: Option<&CString>| c.map_or(std::ptr::null(), |c| c.as_ptr());
+        // SAFETY: fsconfig reads the NUL-terminated key and value (or takes null), which
+        // outlive the call; `fs` is an open filesystem context.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                cmd,
+                ptr(key),
+                ptr(value),
+                0 as libc::c_int,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Creates (and drops) a superblock of filesystem `kind` with mount `options`
+    /// (`key=value` or flag words): the filesystem's own checks run, nothing is mounted.
+    /// ENOSYS where the kernel lacks the API.
+    pub fn create(kind: &str, options: &[String]) -> io::Result<()> {
+        let kind = cstring(kind)?;
+        // SAFETY: fsopen reads the NUL-terminated name; it returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_fsopen, kind.as_ptr(), FSOPEN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let raw = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        // SAFETY: `raw` is the descriptor fsopen just returned; nothing else owns it.
+        let fs = unsafe { OwnedFd::from_raw_fd(raw) };
+        for option in options {
+            match option.split_once('=') {
+                Some((key, value)) => fsconfig(
+                    std::os::fd::AsRawFd::as_raw_fd(&fs),
+                    FSCONFIG_SET_STRING,
+                    Some(&cstring(key)?),
+                    Some(&cstring(value)?),
+                )?,
+                None => fsconfig(
+                    std::os::fd::AsRawFd::as_raw_fd(&fs),
+                    FSCONFIG_SET_FLAG,
+                    Some(&cstring(option)?),
+                    None,
+                )?,
+            }
+        }
+        fsconfig(
+            std::os::fd::AsRawFd::as_raw_fd(&fs),
+            FSCONFIG_CMD_CREATE,
+            None,
+            None,
+        )
+    }
 }

@@ -1,6 +1,7 @@
 //! `containerd.services.content.v1.Content`: thin handlers over the
 //! namespaced content view of the metadata store.
 
+pub mod early;
 mod write;
 
 use std::pin::Pin;
@@ -240,12 +241,16 @@ impl Content for ContentService {
     ) -> Result<Response<Self::WriteStream>, Status> {
         let ns = namespace(request.metadata())?;
         let lease = crate::namespace::lease(request.metadata())?;
-        let stream = request.into_inner();
+        let (_, mut extensions, stream) = request.into_parts();
+        let early = extensions
+            .remove::<early::EarlyData>()
+            .and_then(early::EarlyHasher::start);
         Ok(Response::new(write::serve(
             self.db.clone(),
             ns,
             lease,
             stream,
+            early,
         )))
     }
 

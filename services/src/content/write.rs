@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use super::early::{EarlyHasher, Hashed};
 use super::{parse_digest, to_i64, BoxStream};
 use crate::error::{blocking, join_error, to_status};
 
@@ -29,10 +30,11 @@ pub fn serve(
     ns: String,
     lease: Option<String>,
     stream: Streaming<WriteContentRequest>,
+    early: Option<EarlyHasher>,
 ) -> BoxStream<WriteContentResponse> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        if let Err(status) = session(db, ns, lease, stream, &tx).await {
+        if let Err(status) = session(db, ns, lease, stream, early, &tx).await {
             if status.code() != tonic::Code::NotFound {
                 tracing::debug!(error = %status.message(), "content write failed");
             }
@@ -55,6 +57,7 @@ async fn session(
     ns: String,
     lease: Option<String>,
     mut stream: Streaming<WriteContentRequest>,
+    mut early: Option<EarlyHasher>,
     tx: &mpsc::Sender<Result<WriteContentResponse, Status>>,
 ) -> Result<(), Status> {
     let Some(mut req) = stream.message().await? else {
@@ -88,8 +91,13 @@ async fn session(
     };
     loop {
         let (db2, ns2) = (db.clone(), ns.clone());
-        let (w, result) = tokio::task::spawn_blocking(move || {
-            let r = step(&db2, &ns2, &mut writer, &mut want, req);
+        let (w, result, e) = tokio::task::spawn_blocking(move || {
+            let hashed = early.as_ref().map(EarlyHasher::take);
+            if matches!(hashed, Some(Err(()))) {
+                early = None;
+            }
+            let hashed = hashed.and_then(Result::ok).flatten();
+            let r = step(&db2, &ns2, &mut writer, &mut want, req, hashed);
             if want.discard {
                 // Release the ref lock, then drop the ingest (containerd aborts it too).
                 let reference = writer.reference().to_string();
@@ -97,12 +105,17 @@ async fn session(
                 if let Err(e) = db2.content().abort(&ns2, &reference) {
                     tracing::debug!(error = %e, "abort of redundant ingest failed");
                 }
-                return (None, r.map(|resp| (resp, want)));
+                return (None, r.map(|resp| (resp, want)), early);
             }
-            (Some(writer), r.map(|resp| (resp, want)))
+            // The next message continues from here.
+            if let Some(e) = &early {
+                e.next_start(writer.hash_state());
+            }
+            (Some(writer), r.map(|resp| (resp, want)), early)
         })
         .await
         .map_err(join_error)?;
+        early = e;
         let (resp, w2) = result?;
         writer = w.ok_or_else(|| Status::internal("writer released unexpectedly"))?;
         want = w2;
@@ -123,6 +136,7 @@ fn step(
     writer: &mut ContentWriter,
     want: &mut Expectation,
     req: WriteContentRequest,
+    hashed: Option<Hashed>,
 ) -> Result<WriteContentResponse, Status> {
     let action = WriteAction::try_from(req.action)
         .map_err(|_| Status::invalid_argument(format!("unknown write action {}", req.action)))?;
@@ -167,12 +181,19 @@ fn step(
                     status.offset
                 )));
             }
+            // Hashed early from the state before this message: usable unless truncated.
+            let mut hashed = hashed.filter(|h| h.len == req.data.len() as u64);
             if offset == 0 && status.offset > 0 {
                 writer.truncate(0).map_err(to_status)?;
                 resp.offset = 0;
+                hashed = None;
             }
             if !req.data.is_empty() {
-                writer.write(&req.data).map_err(to_status)?;
+                match hashed {
+                    Some(h) => writer.write_hashed(&req.data, h.state),
+                    None => writer.write(&req.data),
+                }
+                .map_err(to_status)?;
                 resp.offset += to_i64(req.data.len() as u64);
             }
             let digest = if action == WriteAction::Commit {

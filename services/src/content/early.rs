@@ -1,0 +1,401 @@
+//! Hashing Content.Write data while it is still arriving.
+//!
+//! Clients wait for each WRITE's reply, which carries the digest of everything so far, before
+//! they send the next message; hashing a whole message after it arrived would put sha256 on
+//! that round trip. [`EarlyDataLayer`] copies (by reference) every body chunk of a
+//! Content.Write call to an [`EarlyHasher`] thread that splits the raw stream into gRPC
+//! messages and hashes their `data` field (field 6 of `WriteContentRequest`) frame by frame,
+//! from a hash state the session hands it for each message (the ingest's state after the
+//! previous one). The session then takes the finished state instead of hashing again, when
+//! the message turns out to append at the ingest's offset; anything else (a truncation, a
+//! compressed message, a parse surprise, a slow thread) falls back to hashing in the step.
+
+use std::pin::Pin;
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use berth_content::HashState;
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use tower::{Layer, Service};
+
+/// The method whose request bodies are teed.
+const WRITE_PATH: &str = "/containerd.services.content.v1.Content/Write";
+/// `WriteContentRequest.data`.
+const DATA_FIELD: u64 = 6;
+/// How long a step waits for the thread's verdict on a message whose bytes all arrived.
+const RESULT_WAIT: Duration = Duration::from_secs(5);
+
+/// The receiving end of a Content.Write body's chunks, left in the request's extensions
+/// (which want `Clone + Sync`: the first to take it has it).
+#[derive(Clone)]
+pub struct EarlyData(Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>);
+
+#[derive(Clone, Copy, Default)]
+pub struct EarlyDataLayer;
+
+impl<S> Layer<S> for EarlyDataLayer {
+    type Service = EarlyDataService<S>;
+    fn layer(&self, inner: S) -> EarlyDataService<S> {
+        EarlyDataService(inner)
+    }
+}
+
+#[derive(Clone)]
+pub struct EarlyDataService<S>(S);
+
+impl<S> Service<http::Request<tonic::body::Body>> for EarlyDataService<S>
+where
+    S: Service<http::Request<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != WRITE_PATH {
+            return self.0.call(req);
+        }
+        let (tx, rx) = mpsc::channel();
+        let (mut parts, body) = req.into_parts();
+        parts
+            .extensions
+            .insert(EarlyData(Arc::new(Mutex::new(Some(rx)))));
+        let body = tonic::body::Body::new(TeeBody { inner: body, tx });
+        self.0.call(http::Request::from_parts(parts, body))
+    }
+}
+
+/// Passes the body through, sending each data chunk to the hasher too.
+struct TeeBody {
+    inner: tonic::body::Body,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Body for TeeBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                // A hasher that is gone only means no early hashing.
+                let _ = self.tx.send(data.clone());
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The session's side of the hashing thread: one start state in, one result out, per
+/// message, in stream order.
+pub struct EarlyHasher {
+    starts: mpsc::Sender<Option<HashState>>,
+    results: mpsc::Receiver<Option<Hashed>>,
+}
+
+/// A message's `data` hashed onto the start state it was given.
+pub struct Hashed {
+    pub state: HashState,
+    pub len: u64,
+}
+
+impl EarlyHasher {
+    /// Starts the thread on the chunks of `data`; the first message gets no start state
+    /// (the ingest is not open yet).
+    pub fn start(data: EarlyData) -> Option<EarlyHasher> {
+        let chunks = data.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let (starts, starts_rx) = mpsc::channel();
+        let (results_tx, results) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("content-hash".into())
+            .spawn(move || hash_messages(Feed::new(chunks), starts_rx, results_tx))
+            .ok()?;
+        let me = EarlyHasher { starts, results };
+        me.next_start(None);
+        Some(me)
+    }
+
+    /// The hash state to continue from for the next message.
+    pub fn next_start(&self, state: Option<HashState>) {
+        let _ = self.starts.send(state);
+    }
+
+    /// The result for the current message (all of whose bytes have arrived). `Err` when
+    /// the thread is gone or late: stop using it.
+    pub fn take(&self) -> Result<Option<Hashed>, ()> {
+        self.results.recv_timeout(RESULT_WAIT).map_err(drop)
+    }
+}
+
+/// Blocking reads over the chunks of the request body.
+struct Feed {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl Feed {
+    fn new(rx: mpsc::Receiver<Bytes>) -> Feed {
+        Feed {
+            rx,
+            cur: Bytes::new(),
+        }
+    }
+
+    /// The next non-empty chunk of at most `max` bytes; `None` at the end of the body.
+    fn chunk(&mut self, max: u64) -> Option<Bytes> {
+        while self.cur.is_empty() {
+            self.cur = self.rx.recv().ok()?;
+        }
+        let n = usize::try_from(max).map_or(self.cur.len(), |m| m.min(self.cur.len()));
+        Some(self.cur.split_to(n))
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.chunk(1).map(|b| b[0])
+    }
+
+    /// Passes `n` bytes to `f` as they come.
+    fn stream(&mut self, mut n: u64, mut f: impl FnMut(&[u8])) -> Option<()> {
+        while n > 0 {
+            let c = self.chunk(n)?;
+            f(&c);
+            n -= c.len() as u64;
+        }
+        Some(())
+    }
+}
+
+/// The thread: per gRPC message, wait for its start state, then hash its `data` field.
+fn hash_messages(
+    mut feed: Feed,
+    starts: mpsc::Receiver<Option<HashState>>,
+    results: mpsc::Sender<Option<Hashed>>,
+) {
+    while let Ok(start) = starts.recv() {
+        let mut header = [0u8; 5];
+        for b in &mut header {
+            match feed.byte() {
+                Some(v) => *b = v,
+                None => return,
+            }
+        }
+        let len = u64::from(u32::from_be_bytes([
+            header[1], header[2], header[3], header[4],
+        ]));
+        let result = if header[0] != 0 {
+            // Compressed: the step hashes the decompressed data.
+            feed.stream(len, |_| {}).map(|()| None)
+        } else {
+            hash_message(&mut feed, len, start)
+        };
+        match result {
+            Some(r) => {
+                if results.send(r).is_err() {
+                    return;
+                }
+            }
+            None => return,
+        }
+    }
+}
+
+/// Walks one protobuf message of `len` bytes, hashing field 6 onto `start`. `None` at the
+/// end of the body; `Some(None)` when the message gives no usable result.
+fn hash_message(feed: &mut Feed, len: u64, start: Option<HashState>) -> Option<Option<Hashed>> {
+    let mut left = len;
+    let mut state = start;
+    let mut data_len: Option<u64> = None;
+    let mut usable = true;
+    while left > 0 {
+        let Some(key) = varint(feed, &mut left)? else {
+            usable = false;
+            break;
+        };
+        let skip = match key & 7 {
+            0 => match varint(feed, &mut left)? {
+                Some(_) => 0,
+                None => {
+                    usable = false;
+                    break;
+                }
+            },
+            1 => 8,
+            5 => 4,
+            2 => {
+                let Some(n) = varint(feed, &mut left)? else {
+                    usable = false;
+                    break;
+                };
+                if n > left {
+                    usable = false;
+                    break;
+                }
+                if key >> 3 == DATA_FIELD {
+                    if data_len.is_some() {
+                        // Repeated: the last one wins; leave it to the step.
+                        usable = false;
+                    }
+                    data_len = Some(n);
+                    feed.stream(n, |c| {
+                        if let Some(s) = state.as_mut() {
+                            s.update(c);
+                        }
+                    })?;
+                    left -= n;
+                    0
+                } else {
+                    n
+                }
+            }
+            _ => {
+                usable = false;
+                break;
+            }
+        };
+        if skip > left {
+            usable = false;
+            break;
+        }
+        feed.stream(skip, |_| {})?;
+        left -= skip;
+    }
+    // Whatever is left of a message we could not follow.
+    feed.stream(left, |_| {})?;
+    Some(match (usable, state, data_len) {
+        (true, Some(state), Some(len)) => Some(Hashed { state, len }),
+        _ => None,
+    })
+}
+
+/// A varint within the message's `left` bytes: `None` at the end of the body, `Some(None)`
+/// when malformed.
+fn varint(feed: &mut Feed, left: &mut u64) -> Option<Option<u64>> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        if *left == 0 {
+            return Some(None);
+        }
+        let b = feed.byte()?;
+        *left -= 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(Some(v));
+        }
+    }
+    Some(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::containerd::services::content::v1::{WriteAction, WriteContentRequest};
+    use prost::Message as _;
+
+    fn grpc_frame(msg: &WriteContentRequest, compressed: bool) -> Vec<u8> {
+        let body = msg.encode_to_vec();
+        let mut out = vec![u8::from(compressed)];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Feeds `stream` to the thread in chunks of `chunk` bytes; returns each message's
+    /// (digest of start + data, data length) or None.
+    fn run(stream: &[u8], chunk: usize, messages: usize) -> Vec<Option<(String, u64)>> {
+        let (tx, rx) = mpsc::channel();
+        for c in stream.chunks(chunk) {
+            tx.send(Bytes::copy_from_slice(c)).unwrap();
+        }
+        drop(tx);
+        let hasher = EarlyHasher::start(EarlyData(Arc::new(Mutex::new(Some(rx))))).unwrap();
+        let mut out = Vec::new();
+        for i in 0..messages {
+            let r = hasher.take().expect("result");
+            out.push(r.map(|h| (h.state.digest().to_string(), h.len)));
+            if i + 1 < messages {
+                hasher.next_start(Some(berth_content::HashState::default()));
+            }
+        }
+        out
+    }
+
+    fn sha(data: &[u8]) -> String {
+        berth_content::Digest::of_bytes(data).to_string()
+    }
+
+    #[test]
+    fn hashes_the_data_field_of_each_message_at_any_chunking() {
+        let a: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        let b = b"second".to_vec();
+        let msgs = [
+            WriteContentRequest {
+                action: WriteAction::Stat as i32,
+                r#ref: "r".into(),
+                ..Default::default()
+            },
+            WriteContentRequest {
+                action: WriteAction::Write as i32,
+                offset: 0,
+                data: a.clone().into(),
+                ..Default::default()
+            },
+            WriteContentRequest {
+                action: WriteAction::Commit as i32,
+                total: 70_006,
+                expected: "sha256:00".into(),
+                offset: 70_000,
+                data: b.clone().into(),
+                labels: [("k".to_string(), "v".to_string())].into(),
+                ..Default::default()
+            },
+        ];
+        let mut stream = Vec::new();
+        for m in &msgs {
+            stream.extend(grpc_frame(m, false));
+        }
+        for chunk in [1, 7, 4096, 65_536, stream.len()] {
+            let got = run(&stream, chunk, 3);
+            // The first message has no start state.
+            assert!(got[0].is_none(), "chunk {chunk}");
+            assert_eq!(got[1], Some((sha(&a), a.len() as u64)), "chunk {chunk}");
+            assert_eq!(got[2], Some((sha(&b), b.len() as u64)), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn compressed_or_malformed_messages_give_no_result_and_keep_sync() {
+        let data = b"payload".to_vec();
+        let write = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            data: data.clone().into(),
+            ..Default::default()
+        };
+        let mut stream = grpc_frame(&WriteContentRequest::default(), false);
+        stream.extend(grpc_frame(&write, true));
+        // A length-delimited field whose length runs past the message.
+        stream.extend([0, 0, 0, 0, 3, 0x32, 0x7f, 0x00]);
+        stream.extend(grpc_frame(&write, false));
+        let got = run(&stream, 3, 4);
+        assert!(got[1].is_none());
+        assert!(got[2].is_none());
+        assert_eq!(got[3], Some((sha(&data), data.len() as u64)));
+    }
+}

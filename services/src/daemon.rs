@@ -3,6 +3,7 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -48,24 +49,35 @@ const H2_STREAM_WINDOW: u32 = 4 << 20;
 const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 const H2_MAX_FRAME: u32 = 64 << 10;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    create_dir(&config.root, 0o711)?;
-    create_dir(&config.state, 0o711)?;
+/// The stores, opened on their own thread (`open_stores`) while the async runtime starts.
+pub struct Stores {
+    db: Arc<berth_metadata::Db>,
+    uuid: String,
+    snapshotters: Vec<SnapshotterStatus>,
+}
 
-    let backend = match config.metadata.backend {
-        KvBackend::Redb => berth_metadata::Backend::Redb,
-        #[cfg(feature = "sled")]
-        KvBackend::Sled => berth_metadata::Backend::Sled,
-        #[cfg(not(feature = "sled"))]
-        KvBackend::Sled => bail!("metadata backend sled needs berthd built with --features sled"),
-    };
-    let root = config.root.clone();
+/// Creates the root and state directories and opens the content store, the metadata store and
+/// the snapshotter backends, on a new thread: start-up time is what clients wait, so this
+/// overlaps with building the async runtime, and the stores open in parallel (they are
+/// independent until the backends register with the metadata store).
+pub fn open_stores(config: &Config) -> anyhow::Result<JoinHandle<anyhow::Result<Stores>>> {
+    let (root, state) = (config.root.clone(), config.state.clone());
+    let kv = config.metadata.backend;
     let snapshotter_config = config.snapshotter.clone();
-    let (content, db, uuid, snapshotters) =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            // The stores are independent until the backends register with
-            // the metadata store: open them all at once (start-up time is
-            // what the client waits).
+    let opening = std::thread::Builder::new()
+        .name("open-stores".into())
+        .spawn(move || {
+            create_dir(&root, 0o711)?;
+            create_dir(&state, 0o711)?;
+            let backend = match kv {
+                KvBackend::Redb => berth_metadata::Backend::Redb,
+                #[cfg(feature = "sled")]
+                KvBackend::Sled => berth_metadata::Backend::Sled,
+                #[cfg(not(feature = "sled"))]
+                KvBackend::Sled => {
+                    bail!("metadata backend sled needs berthd built with --features sled")
+                }
+            };
             std::thread::scope(|scope| {
                 let backends = open_snapshotters(scope, &root, &snapshotter_config);
                 let uuid = load_or_create_uuid(&root).context("server uuid")?;
@@ -78,15 +90,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         path: root.join("io.containerd.metadata.v1.kv"),
                         backend,
                     },
-                    content.clone(),
+                    content,
                 )
                 .context("open metadata store")?;
                 let snapshotters = register_snapshotters(backends, &db)?;
-                Ok((content, db, uuid, snapshotters))
+                Ok(Stores {
+                    db,
+                    uuid,
+                    snapshotters,
+                })
             })
         })
-        .await??;
-    let _ = content;
+        .context("start opening the stores")?;
+    Ok(opening)
+}
+
+pub async fn run(config: Config, stores: JoinHandle<anyhow::Result<Stores>>) -> anyhow::Result<()> {
+    let Stores {
+        db,
+        uuid,
+        snapshotters,
+    } = tokio::task::spawn_blocking(move || stores.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("opening the stores panicked"))??;
 
     let exchange = Exchange::new();
     let gc = GcScheduler::start(

@@ -106,10 +106,11 @@ fn main() -> anyhow::Result<()> {
     }
 
     path_with_own_dir();
+    let stores = daemon::open_stores(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::run(config))
+    runtime.block_on(daemon::run(config, stores))
 }
 
 /// Puts berthd's own directory first on `PATH`: Berth's helper binaries

@@ -868,8 +868,11 @@ async fn run(args: Args, cancel: Arc<AtomicBool>) -> Result<()> {
         Some(bench_ingest(&env, &args, &blob, cold).await?)
     };
 
-    // 2. Start-up.
+    // 2. Start-up, once the ingests' dirty pages are on disk (their write-back would compete
+    // with the daemons for the CPUs and the disk).
     println!("start-up ...");
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
     let startup = bench_startup(&env, args.startup_runs).await?;
 
     // 3. Idle RSS.

@@ -39,6 +39,19 @@ fn attached_below(root: &Path) -> Vec<loopdev::Attached> {
         .collect()
 }
 
+/// [`attached_below`] once the devices released are gone: the kernel detaches an autoclear
+/// device from a work item after its last close, so wait for that (up to 5 s).
+fn detached_below(root: &Path) -> Vec<loopdev::Attached> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = attached_below(root);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A temp dir whose mounts and loop devices are released even when the
 /// test fails.
 struct TestRoot {
@@ -163,7 +176,7 @@ fn ten_containers_share_the_image_blocks() {
     }
     drop(guards);
     sn.close();
-    assert!(attached_below(t.dir.path()).is_empty());
+    assert!(detached_below(t.dir.path()).is_empty());
 }
 
 #[test]
@@ -225,7 +238,7 @@ fn owned_and_shared_usage() {
         "base still shares blocks after its child is gone"
     );
     sn.close();
-    assert!(attached_below(t.dir.path()).is_empty());
+    assert!(detached_below(t.dir.path()).is_empty());
 }
 
 #[test]
@@ -241,7 +254,7 @@ fn close_releases_and_reopen_reattaches() {
     assert_eq!(attached_below(&root).len(), 3, "pool, active, view");
     drop(sn);
     assert!(
-        attached_below(&root).is_empty(),
+        detached_below(&root).is_empty(),
         "close released every device"
     );
     assert!(berth_snapshotter::mount::mounts_below(&root)
@@ -259,7 +272,7 @@ fn close_releases_and_reopen_reattaches() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     g.unmount().unwrap();
     sn.close();
-    assert!(attached_below(&root).is_empty());
+    assert!(detached_below(&root).is_empty());
 }
 
 #[test]
@@ -304,11 +317,8 @@ fn crash_leftovers_are_cleaned() {
 
     let sn = open(&root, &config());
     sn.cleanup().unwrap();
-    assert!(
-        attached_below(&images).is_empty(),
-        "{:?}",
-        attached_below(&images)
-    );
+    let left = detached_below(&images);
+    assert!(left.is_empty(), "{left:?}");
     let mut names: Vec<String> = std::fs::read_dir(&images)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -320,7 +330,7 @@ fn crash_leftovers_are_cleaned() {
     std::fs::write(g.target().join("f"), b"x").unwrap();
     g.unmount().unwrap();
     sn.close();
-    assert!(attached_below(&root).is_empty());
+    assert!(detached_below(&root).is_empty());
 }
 
 const CHILD_ENV: &str = "BERTH_DEVMAPPER_SIGKILL_ROOT";
@@ -381,7 +391,7 @@ fn sigkill_leaves_nothing_startup_cannot_clean() {
 
         // The killed process's devices went with it (autoclear); only the
         // pool's, held by its mount, is left.
-        let left: Vec<_> = attached_below(&images);
+        let left = detached_below(&images);
         assert!(left.is_empty(), "round {round}: {left:?}");
 
         let sn = open(&root, &config());
@@ -402,7 +412,7 @@ fn sigkill_leaves_nothing_startup_cannot_clean() {
             }
         }
         sn.close();
-        assert!(attached_below(&root).is_empty(), "round {round}");
+        assert!(detached_below(&root).is_empty(), "round {round}");
     }
 }
 
@@ -459,5 +469,5 @@ fn xfs_snapshots_on_a_btrfs_pool() {
     let (_, shared) = sn.block_usage("child").unwrap();
     assert!(shared > 0, "a btrfs clone shares its parent's extents");
     sn.close();
-    assert!(attached_below(t.dir.path()).is_empty());
+    assert!(detached_below(t.dir.path()).is_empty());
 }

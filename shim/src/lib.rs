@@ -18,6 +18,7 @@ mod events;
 mod mount;
 mod oom;
 mod reaper;
+mod runc_direct;
 mod runtime;
 mod serve;
 mod service;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::reaper::Reaper;
+use crate::runc_direct;
 use crate::stdio::ChildStdio;
 
 /// A boxed future borrowing the runtime.
@@ -193,6 +194,14 @@ impl RuncCli {
         }
     }
 
+    /// runc itself (not a runtime that only shares its command line): the shim may then
+    /// carry out `start` and the delete of a stopped container directly ([`runc_direct`]).
+    fn is_runc(&self) -> bool {
+        Path::new(&self.config.binary)
+            .file_name()
+            .is_some_and(|n| n == "runc")
+    }
+
     fn command(&self) -> Command {
         let mut cmd = base_command(&self.config);
         cmd.arg("--log")
@@ -298,6 +307,11 @@ impl OciRuntime for RuncCli {
 
     fn start<'a>(&'a self, id: &'a str) -> RtFuture<'a, ()> {
         Box::pin(async move {
+            if self.is_runc() {
+                if let Some(result) = runc_direct::start(&self.config.root, id).await {
+                    return result;
+                }
+            }
             let mut cmd = self.command();
             cmd.arg("start").arg(id);
             self.run(cmd, None, "start").await.map(drop)
@@ -335,6 +349,19 @@ impl OciRuntime for RuncCli {
 
     fn delete<'a>(&'a self, id: &'a str, force: bool) -> RtFuture<'a, ()> {
         Box::pin(async move {
+            if self.is_runc() {
+                let root = self.config.root.clone();
+                let owned_id = id.to_string();
+                let direct = tokio::task::spawn_blocking(move || {
+                    runc_direct::delete_stopped(&root, &owned_id)
+                })
+                .await
+                .ok()
+                .flatten();
+                if let Some(result) = direct {
+                    return result;
+                }
+            }
             let mut cmd = self.command();
             cmd.arg("delete");
             if force {

@@ -4,9 +4,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
@@ -93,49 +91,57 @@ pub fn start(args: &Args) -> Result<String> {
     Ok(address)
 }
 
-/// Re-executes this binary as the server, in its own session, with the listener as fd 3.
+/// Forks the server: it continues in the child, in its own session, with the listener as fd 3
+/// and stdio on /dev/null (the daemon reads `start`'s stdout until end-of-file). A fork
+/// instead of a re-exec: one process start fewer on every container's way up.
 fn launch_server(args: &Args, bundle: &Path, listener: &UnixListener) -> Result<()> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("find own executable", e))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("-namespace")
-        .arg(&args.namespace)
-        .arg("-id")
-        .arg(&args.id)
-        .arg("-address")
-        .arg(&args.address);
-    if !args.publish_binary.is_empty() {
-        cmd.arg("-publish-binary").arg(&args.publish_binary);
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io("open /dev/null", e))?;
+    // SAFETY: `start` runs single-threaded (no runtime, no helper threads), so the child is a
+    // complete copy of the process and may run anything.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::io(
+            "fork the shim server",
+            io::Error::last_os_error(),
+        ));
     }
-    if args.debug {
-        cmd.arg("-debug");
+    if pid == 0 {
+        let served = become_server(devnull.as_raw_fd(), listener.as_raw_fd())
+            .and_then(|()| crate::serve::serve(args));
+        std::process::exit(i32::from(served.is_err()));
     }
-    cmd.current_dir(bundle)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let fd = listener.as_raw_fd();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if fd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    // Not waited for: the server outlives this process and is adopted by init.
-    let child = cmd
-        .spawn()
-        .map_err(|e| Error::io("launch the shim server", e))?;
     // For a daemon that must stop a shim that no longer answers.
-    std::fs::write(bundle.join(SHIM_PID_FILE), child.id().to_string())
-        .map_err(|e| Error::io(format!("write {SHIM_PID_FILE}"), e))?;
+    std::fs::write(bundle.join(SHIM_PID_FILE), pid.to_string())
+        .map_err(|e| Error::io(format!("write {SHIM_PID_FILE}"), e))
+}
+
+/// In the forked server: a session of its own, stdio on /dev/null, the listener at fd 3.
+fn become_server(devnull: i32, listener: i32) -> Result<()> {
+    let check = |r: libc::c_int, what: &str| {
+        if r < 0 {
+            Err(Error::io(what.to_string(), io::Error::last_os_error()))
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: plain syscalls on descriptors this process owns.
+    unsafe {
+        check(libc::setsid(), "setsid")?;
+        let mut devnull = devnull;
+        if listener != 3 {
+            if devnull == 3 {
+                devnull = libc::fcntl(devnull, libc::F_DUPFD_CLOEXEC, 4);
+                check(devnull, "move /dev/null")?;
+            }
+            check(libc::dup2(listener, 3), "move the listener to fd 3")?;
+        }
+        for fd in 0..3 {
+            check(libc::dup2(devnull, fd), "redirect stdio")?;
+        }
+    }
     Ok(())
 }

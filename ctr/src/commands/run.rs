@@ -4,6 +4,7 @@
 //! store; the chain ID of its layers names the unpacked snapshot; a writable snapshot `ID` on
 //! top of it (under a lease until the container holds it); a runtime spec from `berth-oci`;
 //! the container record; then the task with stdio FIFOs, in the foreground until it exits.
+//! With `--rootfs DIR` the container runs on a directory instead: no image, no snapshot.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -97,6 +98,12 @@ pub struct Args {
     /// Platform of the image to run (default: this host's, e.g. linux/amd64).
     #[arg(long)]
     platform: Option<String>,
+    /// IMAGE is a root filesystem directory no snapshotter manages (as ctr's --rootfs); the
+    /// command must then be given.
+    #[arg(long)]
+    rootfs: bool,
+    /// The image, or with --rootfs the root filesystem directory.
+    #[arg(value_name = "IMAGE")]
     image: String,
     id: String,
     /// Command and arguments instead of the image's Cmd.
@@ -458,15 +465,18 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
     for m in &a.mounts {
         extra_mounts.push(berth_oci::parse_mount(m)?);
     }
-    let platform = match &a.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    if let Some(p) = &a.platform {
+        Platform::parse(p)?;
+    }
     let mut labels: BTreeMap<String, String> = crate::parse::labels(&a.labels)?;
     let id = a.id.clone();
 
+    let rootfs_dir = match a.rootfs {
+        true => Some(rootfs_dir(&a)?),
+        false => None,
+    };
+
     let (conn, api) = Api::connect(g).await?;
-    let snapshotter = snapshotter_name(&conn, g, &a.snapshotter).await;
 
     match api
         .containers()
@@ -485,59 +495,10 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         Err(s) => return Err(CallError::new(format!("run {id}"), &s).into()),
     }
 
-    let image = api
-        .images()
-        .get(GetImageRequest {
-            name: a.image.clone(),
-        })
-        .await
-        .ctx(format_args!("image {}", a.image))?
-        .into_inner()
-        .image
-        .unwrap_or_default();
-    let target = image.target.clone().unwrap_or_default();
-    let resolved = resolve_image(
-        &conn,
-        &a.image,
-        Descriptor {
-            media_type: target.media_type,
-            digest: target.digest,
-            platform: None,
-        },
-        &platform,
-    )
-    .await?;
-    let parent = chain_ids(&resolved.diff_ids).pop().unwrap_or_default();
-    if !parent.is_empty() {
-        match conn
-            .snapshots()
-            .stat(StatSnapshotRequest {
-                snapshotter: snapshotter.clone(),
-                key: parent.clone(),
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => {
-                return Err(CallError {
-                    context: format!("run {id}"),
-                    code: Code::FailedPrecondition,
-                    message: format!(
-                        "image {} is not unpacked for snapshotter {snapshotter}; run `berth images unpack`",
-                        a.image
-                    ),
-                }
-                .into())
-            }
-            Err(s) => {
-                return Err(CallError::new(
-                    format!("run {id}: snapshot {parent} of image {}", a.image),
-                    &s,
-                )
-                .into())
-            }
-        }
-    }
+    let source = match rootfs_dir {
+        Some(dir) => Source::Dir(dir),
+        None => image_source(g, &a, &conn, &api).await?,
+    };
 
     let mut created = Created::default();
     let result = create(
@@ -547,12 +508,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         &api,
         &mut created,
         CreateInputs {
-            snapshotter: &snapshotter,
-            parent: &parent,
-            config: &resolved.config,
+            source: &source,
             extra_mounts,
             labels: &mut labels,
-            image_name: &image.name,
         },
     )
     .await;
@@ -594,15 +552,109 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
 }
 
 struct CreateInputs<'a> {
-    snapshotter: &'a str,
-    parent: &'a str,
-    config: &'a berth_oci::ImageConfig,
+    source: &'a Source,
     extra_mounts: Vec<berth_oci::Mount>,
     labels: &'a mut BTreeMap<String, String>,
-    image_name: &'a str,
 }
 
-/// The snapshot (under a lease) and the container record; returns the rootfs mounts.
+/// What the container's root filesystem comes from.
+enum Source {
+    /// An unpacked image: a new snapshot on top of its chain ID `parent` (empty: no layers).
+    Image {
+        name: String,
+        config: Box<berth_oci::ImageConfig>,
+        snapshotter: String,
+        parent: String,
+    },
+    /// A directory (`--rootfs`).
+    Dir(std::path::PathBuf),
+}
+
+/// The `--rootfs` directory, absolute, and the command to run on it.
+fn rootfs_dir(a: &Args) -> anyhow::Result<std::path::PathBuf> {
+    let dir =
+        std::fs::canonicalize(&a.image).with_context(|| format!("root filesystem {}", a.image))?;
+    if !dir.is_dir() {
+        bail!("root filesystem {}: not a directory", dir.display());
+    }
+    if a.command.is_empty() {
+        bail!("run --rootfs: give the command to run (there is no image to take it from)");
+    }
+    Ok(dir)
+}
+
+/// Resolves the image: its config for this platform and the snapshot its layers unpack to.
+async fn image_source(g: &Global, a: &Args, conn: &Conn, api: &Api) -> anyhow::Result<Source> {
+    let id = &a.id;
+    let platform = match &a.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let snapshotter = snapshotter_name(conn, g, &a.snapshotter).await;
+    let image = api
+        .images()
+        .get(GetImageRequest {
+            name: a.image.clone(),
+        })
+        .await
+        .ctx(format_args!("image {}", a.image))?
+        .into_inner()
+        .image
+        .unwrap_or_default();
+    let target = image.target.clone().unwrap_or_default();
+    let resolved = resolve_image(
+        conn,
+        &a.image,
+        Descriptor {
+            media_type: target.media_type,
+            digest: target.digest,
+            platform: None,
+        },
+        &platform,
+    )
+    .await?;
+    let parent = chain_ids(&resolved.diff_ids).pop().unwrap_or_default();
+    if !parent.is_empty() {
+        match conn
+            .snapshots()
+            .stat(StatSnapshotRequest {
+                snapshotter: snapshotter.clone(),
+                key: parent.clone(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {
+                return Err(CallError {
+                    context: format!("run {id}"),
+                    code: Code::FailedPrecondition,
+                    message: format!(
+                        "image {} is not unpacked for snapshotter {snapshotter}; run `berth images unpack`",
+                        a.image
+                    ),
+                }
+                .into())
+            }
+            Err(s) => {
+                return Err(CallError::new(
+                    format!("run {id}: snapshot {parent} of image {}", a.image),
+                    &s,
+                )
+                .into())
+            }
+        }
+    }
+
+    Ok(Source::Image {
+        name: image.name,
+        config: Box::new(resolved.config),
+        snapshotter,
+        parent,
+    })
+}
+
+/// The snapshot under a lease (for an image) and the container record; returns the rootfs
+/// mounts (none for a directory).
 async fn create(
     g: &Global,
     a: &Args,
@@ -612,47 +664,6 @@ async fn create(
     i: CreateInputs<'_>,
 ) -> anyhow::Result<Vec<Mount>> {
     let id = &a.id;
-    let lease_id = format!(
-        "berth-run-{id}-{}",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    );
-    let expire = prost_types::Timestamp::from(SystemTime::now() + LEASE_EXPIRY);
-    let expire = prost_types::Timestamp {
-        seconds: expire.seconds,
-        nanos: 0,
-    };
-    conn.leases()
-        .create(CreateRequest {
-            id: lease_id.clone(),
-            labels: [("containerd.io/gc.expire".to_string(), expire.to_string())]
-                .into_iter()
-                .collect(),
-        })
-        .await
-        .ctx(format_args!("run {id}: lease"))?;
-    created.lease = Some(lease_id.clone());
-
-    let leased = conn.with_lease(Some(&lease_id))?;
-    let mounts = leased
-        .snapshots()
-        .prepare(PrepareSnapshotRequest {
-            snapshotter: i.snapshotter.to_string(),
-            key: id.clone(),
-            parent: i.parent.to_string(),
-            labels: Default::default(),
-        })
-        .await
-        .ctx(format_args!(
-            "run {id}: preparing snapshot {id} ({})",
-            i.snapshotter
-        ))?
-        .into_inner()
-        .mounts;
-    created.snapshot = Some((i.snapshotter.to_string(), id.clone()));
-
     let opts = berth_oci::RunOptions {
         namespace: g.namespace.clone(),
         id: id.clone(),
@@ -684,19 +695,49 @@ async fn create(
         new_privileges: false,
         annotations: BTreeMap::new(),
     };
-    let (config, m) = (i.config.clone(), mounts.clone());
-    let spec = tokio::task::spawn_blocking(move || generate_spec(&config, opts, &m))
-        .await
-        .context("generating the spec")?
-        .with_context(|| format!("run {id}: runtime spec"))?;
+    let (spec, mounts, snapshotter, image_name, config) = match i.source {
+        Source::Image {
+            name,
+            config,
+            snapshotter,
+            parent,
+        } => {
+            let mounts = prepare_snapshot(conn, created, id, snapshotter, parent).await?;
+            let (c, m) = ((**config).clone(), mounts.clone());
+            let spec = tokio::task::spawn_blocking(move || generate_spec(&c, opts, &m))
+                .await
+                .context("generating the spec")?
+                .with_context(|| format!("run {id}: runtime spec"))?;
+            (
+                spec,
+                mounts,
+                snapshotter.as_str(),
+                name.as_str(),
+                (**config).clone(),
+            )
+        }
+        Source::Dir(dir) => {
+            let config = berth_oci::ImageConfig::default();
+            let opts = berth_oci::RunOptions {
+                rootfs: Some(dir.clone()),
+                ..opts
+            };
+            let mut spec = berth_oci::generate(&config, &opts)
+                .with_context(|| format!("run {id}: runtime spec"))?;
+            if let Some(root) = spec.root_mut() {
+                root.set_path(dir.clone());
+            }
+            (spec, Vec::new(), "", "", config)
+        }
+    };
 
-    for (k, v) in &i.config.labels {
+    for (k, v) in &config.labels {
         i.labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
-    let stop_signal = if i.config.stop_signal.is_empty() {
+    let stop_signal = if config.stop_signal.is_empty() {
         "SIGTERM".to_string()
     } else {
-        i.config.stop_signal.clone()
+        config.stop_signal.clone()
     };
     i.labels
         .entry(STOP_SIGNAL_LABEL.to_string())
@@ -707,7 +748,7 @@ async fn create(
             container: Some(Container {
                 id: id.clone(),
                 labels: i.labels.clone().into_iter().collect(),
-                image: i.image_name.to_string(),
+                image: image_name.to_string(),
                 runtime: Some(Runtime {
                     name: a.runtime.clone(),
                     options: None,
@@ -716,14 +757,70 @@ async fn create(
                     type_url: berth_oci::SPEC_TYPE_URL.to_string(),
                     value: berth_oci::to_json(&spec),
                 }),
-                snapshotter: i.snapshotter.to_string(),
-                snapshot_key: id.clone(),
+                snapshotter: snapshotter.to_string(),
+                snapshot_key: if snapshotter.is_empty() {
+                    String::new()
+                } else {
+                    id.clone()
+                },
                 ..Default::default()
             }),
         })
         .await
         .ctx(format_args!("run {id}: creating the container"))?;
     created.container = Some(id.clone());
+    Ok(mounts)
+}
+
+/// The container's writable snapshot `id` on `parent`, under a lease until the container
+/// record holds it.
+async fn prepare_snapshot(
+    conn: &Conn,
+    created: &mut Created,
+    id: &str,
+    snapshotter: &str,
+    parent: &str,
+) -> anyhow::Result<Vec<Mount>> {
+    let lease_id = format!(
+        "berth-run-{id}-{}",
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    let expire = prost_types::Timestamp::from(SystemTime::now() + LEASE_EXPIRY);
+    let expire = prost_types::Timestamp {
+        seconds: expire.seconds,
+        nanos: 0,
+    };
+    conn.leases()
+        .create(CreateRequest {
+            id: lease_id.clone(),
+            labels: [("containerd.io/gc.expire".to_string(), expire.to_string())]
+                .into_iter()
+                .collect(),
+        })
+        .await
+        .ctx(format_args!("run {id}: lease"))?;
+    created.lease = Some(lease_id.clone());
+
+    let leased = conn.with_lease(Some(&lease_id))?;
+    let mounts = leased
+        .snapshots()
+        .prepare(PrepareSnapshotRequest {
+            snapshotter: snapshotter.to_string(),
+            key: id.to_string(),
+            parent: parent.to_string(),
+            labels: Default::default(),
+        })
+        .await
+        .ctx(format_args!(
+            "run {id}: preparing snapshot {id} ({})",
+            snapshotter
+        ))?
+        .into_inner()
+        .mounts;
+    created.snapshot = Some((snapshotter.to_string(), id.to_string()));
     Ok(mounts)
 }
 

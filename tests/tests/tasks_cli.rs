@@ -1,0 +1,174 @@
+//! Berth's own CLI running containers on berthd through `containerd-shim-berth-v2` over real
+//! runc: `berth run --rm` on a root filesystem directory (output, exit codes, nothing left
+//! behind: container, runc state, cgroups), `--rootfs` misuse, and a detached task's life
+//! (tasks ls, exec, ps, kill, delete, containers rm).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_tests::{berth, busybox_rootfs, failure, random_id, success, Daemon};
+
+const BERTH_V2: &str = "io.containerd.berth.v2";
+
+struct Fixture {
+    d: Daemon,
+    ns: String,
+    dir: tempfile::TempDir,
+    rootfs: String,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = busybox_rootfs(dir.path());
+        Fixture {
+            d: Daemon::start().await,
+            ns: format!("t{}", random_id()),
+            rootfs: rootfs.to_str().expect("utf-8 path").to_string(),
+            dir,
+        }
+    }
+
+    fn berth(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["-n", &self.ns];
+        all.extend_from_slice(args);
+        berth(&self.d, &all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        success(&self.berth(args), &format!("berth {args:?}"))
+    }
+
+    /// `berth run --runtime <berth shim> --rootfs <busybox> OPTS ID CMD...`.
+    fn run(&self, opts: &[&str], id: &str, cmd: &[&str]) -> std::process::Output {
+        let root = self.rootfs.clone();
+        let mut args = vec!["run", "--runtime", BERTH_V2];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--rootfs", &root, id]);
+        args.extend_from_slice(cmd);
+        self.berth(&args)
+    }
+
+    /// The task's status in `berth --format json tasks ls`, if it has one.
+    fn status(&self, id: &str) -> Option<String> {
+        let out = self.ok(&["--format", "json", "tasks", "ls"]);
+        let tasks: Vec<serde_json::Value> =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("tasks ls JSON: {e}: {out}"));
+        tasks
+            .iter()
+            .find(|t| t["container_id"] == id)
+            .and_then(|t| t["status"].as_str().map(str::to_string))
+    }
+
+    async fn wait_status(&self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status(id);
+            if status.as_deref() == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never {want} (last: {status:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asserts that nothing of container `id` is left on the host: no container record, no
+    /// runc state, no cgroup in any hierarchy.
+    fn assert_gone(&self, id: &str) {
+        let ls = self.ok(&["containers", "ls", "-q"]);
+        assert!(!ls.lines().any(|l| l.trim() == id), "container left: {ls}");
+        let state = Path::new("/run/berth/runc").join(&self.ns).join(id);
+        assert!(!state.exists(), "runc state left: {}", state.display());
+        let mut hierarchies = vec![Path::new("/sys/fs/cgroup").to_path_buf()];
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            hierarchies.extend(entries.flatten().map(|e| e.path()));
+        }
+        for h in hierarchies {
+            let cgroup = h.join(&self.ns).join(id);
+            assert!(!cgroup.exists(), "cgroup left: {}", cgroup.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_rm_prints_propagates_the_exit_code_and_leaves_nothing() {
+    let f = Fixture::new().await;
+    let id = format!("c{}", random_id());
+    let out = f.run(
+        &["--rm"],
+        &id,
+        &["/bin/sh", "-c", "echo hi from $(hostname)"],
+    );
+    assert_eq!(
+        success(&out, "berth run --rm").trim(),
+        format!("hi from {id}")
+    );
+    f.assert_gone(&id);
+
+    // The same id again, at once: everything of the first run is gone.
+    let out = f.run(&["--rm"], &id, &["/bin/sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    f.assert_gone(&id);
+}
+
+#[tokio::test]
+async fn run_rootfs_needs_a_directory_and_a_command() {
+    let f = Fixture::new().await;
+    let root = f.rootfs.clone();
+    let err = failure(
+        &f.berth(&["run", "--rootfs", &root, "nocmd"]),
+        "run --rootfs without a command",
+    );
+    assert!(err.contains("give the command"), "{err}");
+    let missing = f.dir.path().join("missing");
+    let err = failure(
+        &f.berth(&[
+            "run",
+            "--rootfs",
+            missing.to_str().expect("utf-8"),
+            "nodir",
+            "/bin/true",
+        ]),
+        "run --rootfs on a missing directory",
+    );
+    assert!(err.contains("missing"), "{err}");
+    let ls = f.ok(&["containers", "ls", "-q"]);
+    assert!(ls.trim().is_empty(), "containers created: {ls}");
+}
+
+#[tokio::test]
+async fn detached_task_exec_ps_kill_delete() {
+    let f = Fixture::new().await;
+    let id = format!("d{}", random_id());
+    success(&f.run(&["-d"], &id, &["/bin/sleep", "300"]), "berth run -d");
+    f.wait_status(&id, "running").await;
+
+    let out = f.berth(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "/bin/sh",
+        "-c",
+        "echo inside; exit 3",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inside");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    let ps = f.ok(&["tasks", "ps", &id]);
+    assert!(ps.lines().count() >= 2, "no process listed:\n{ps}");
+
+    f.ok(&["tasks", "kill", "-s", "KILL", &id]);
+    f.wait_status(&id, "stopped").await;
+    let deleted = f.ok(&["tasks", "delete", &id]);
+    assert!(
+        deleted.contains("137"),
+        "exit status of a SIGKILL: {deleted}"
+    );
+    f.ok(&["containers", "rm", &id]);
+    f.assert_gone(&id);
+}

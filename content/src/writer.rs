@@ -17,6 +17,9 @@ use crate::store::{
 };
 use crate::timestamp;
 
+/// The hash state of data written ahead of it, obtained after the write.
+type HashedLater<'a> = Box<dyn FnOnce() -> Option<HashState> + 'a>;
+
 const HASH_BUF: usize = 1 << 20;
 /// The running sha256 of an ingest, advanced by whoever hashes the next bytes.
 #[derive(Clone, Default)]
@@ -264,18 +267,23 @@ impl Writer {
         HashState(self.hasher.clone())
     }
 
-    /// Appends `data`, whose hash the caller has already folded in: `hashed` must be
-    /// [`hash_state`](Self::hash_state) updated with exactly `data`, or the ingest's digest
-    /// is wrong.
-    pub fn write_hashed(&mut self, data: &[u8], hashed: HashState) -> Result<()> {
-        self.append(data, Some(hashed.0))
+    /// Appends `data`, whose hash the caller computes elsewhere (while it arrived, say):
+    /// `hashed` is asked once `data` is in the page cache, so that hashing overlaps the
+    /// write, and must return [`hash_state`](Self::hash_state) updated with exactly `data`
+    /// (or the ingest's digest is wrong); `None` has `data` hashed here.
+    pub fn write_hashed(
+        &mut self,
+        data: &[u8],
+        hashed: impl FnOnce() -> Option<HashState>,
+    ) -> Result<()> {
+        self.append(data, Some(Box::new(hashed)))
     }
 
-    /// Writes `data` at the offset and advances the hash: to `hashed` if given, else by
-    /// hashing `data` (on a second thread for large writes: copying into the page cache
-    /// and hashing are each a pass over the data, and clients wait for the running digest
-    /// before sending more).
-    fn append(&mut self, data: &[u8], hashed: Option<Sha256>) -> Result<()> {
+    /// Writes `data` at the offset and advances the hash: to what `hashed` gives after the
+    /// write, else by hashing `data` (on a second thread for large writes: copying into the
+    /// page cache and hashing are each a pass over the data, and clients wait for the
+    /// running digest before sending more).
+    fn append(&mut self, data: &[u8], hashed: Option<HashedLater<'_>>) -> Result<()> {
         // The field, not `live_file`: the hasher is borrowed alongside.
         let file = self
             .file
@@ -299,9 +307,15 @@ impl Writer {
         let end = self.offset + len;
         let unhashed = self.hasher.clone();
         let written = match hashed {
-            Some(h) => {
-                self.hasher = h;
-                file.write_all_at(data, self.offset)
+            Some(later) => {
+                let written = file.write_all_at(data, self.offset);
+                if written.is_ok() {
+                    match later() {
+                        Some(h) => self.hasher = h.0,
+                        None => self.hasher.update(data),
+                    }
+                }
+                written
             }
             None if data.len() >= PARALLEL_HASH_MIN => {
                 let (offset, hasher) = (self.offset, &mut self.hasher);

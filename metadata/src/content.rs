@@ -490,9 +490,14 @@ impl ContentWriter {
         }
     }
 
-    /// Appends data whose hash the caller has folded into `hashed`, which must be
-    /// [`hash_state`](Self::hash_state) updated with exactly `data`.
-    pub fn write_hashed(&mut self, data: &[u8], hashed: berth_content::HashState) -> Result<()> {
+    /// Appends data whose hash the caller computes elsewhere: `hashed`, asked after the
+    /// write, gives [`hash_state`](Self::hash_state) updated with exactly `data` (`None`:
+    /// hash it here). Shared content not copied into an ingest yet never asks.
+    pub fn write_hashed(
+        &mut self,
+        data: &[u8],
+        hashed: impl FnOnce() -> Option<berth_content::HashState>,
+    ) -> Result<()> {
         let what = self.what();
         match &mut self.state {
             WriterState::Ingest(w) => w.write_hashed(data, hashed).map_err(content_err(what)),

@@ -24,6 +24,7 @@ use tonic::{Status, Streaming};
 use super::early::{EarlyHasher, Hashed};
 use super::{parse_digest, to_i64, BoxStream};
 use crate::error::{blocking, join_error, to_status};
+use berth_content::HashState;
 
 pub fn serve(
     db: Arc<Db>,
@@ -92,12 +93,12 @@ async fn session(
     loop {
         let (db2, ns2) = (db.clone(), ns.clone());
         let (w, result, e) = tokio::task::spawn_blocking(move || {
-            let hashed = early.as_ref().map(EarlyHasher::take);
-            if matches!(hashed, Some(Err(()))) {
+            let mut hash = EarlyHash::new(early.as_ref());
+            let r = step(&db2, &ns2, &mut writer, &mut want, req, &mut hash);
+            // One result per message, used or not, keeps the thread in step.
+            if hash.take_result().is_err() {
                 early = None;
             }
-            let hashed = hashed.and_then(Result::ok).flatten();
-            let r = step(&db2, &ns2, &mut writer, &mut want, req, hashed);
             if want.discard {
                 // Release the ref lock, then drop the ingest (containerd aborts it too).
                 let reference = writer.reference().to_string();
@@ -129,6 +130,42 @@ async fn session(
     }
 }
 
+/// The early hashing thread's result for the current message, taken once.
+struct EarlyHash<'a> {
+    early: Option<&'a EarlyHasher>,
+    taken: Option<Result<Option<Hashed>, ()>>,
+}
+
+impl<'a> EarlyHash<'a> {
+    fn new(early: Option<&'a EarlyHasher>) -> Self {
+        EarlyHash { early, taken: None }
+    }
+
+    /// Waits for the result (once); `Err` when the thread is gone or late.
+    fn take_result(&mut self) -> Result<(), ()> {
+        let Some(early) = self.early else {
+            return Ok(());
+        };
+        let taken = self.taken.get_or_insert_with(|| early.take());
+        taken.as_ref().map(drop).map_err(|&()| ())
+    }
+
+    /// The message's data hashed onto the ingest's state before it, if it is `len` long.
+    fn hashed(&mut self, len: u64) -> Option<HashState> {
+        self.take_result().ok()?;
+        match self.taken.take()? {
+            Ok(Some(h)) if h.len == len => {
+                self.taken = Some(Ok(None));
+                Some(h.state)
+            }
+            other => {
+                self.taken = Some(other);
+                None
+            }
+        }
+    }
+}
+
 /// Handles one request against the locked writer (blocking I/O).
 fn step(
     db: &Db,
@@ -136,7 +173,7 @@ fn step(
     writer: &mut ContentWriter,
     want: &mut Expectation,
     req: WriteContentRequest,
-    hashed: Option<Hashed>,
+    hash: &mut EarlyHash<'_>,
 ) -> Result<WriteContentResponse, Status> {
     let action = WriteAction::try_from(req.action)
         .map_err(|_| Status::invalid_argument(format!("unknown write action {}", req.action)))?;
@@ -182,19 +219,21 @@ fn step(
                 )));
             }
             // Hashed early from the state before this message: usable unless truncated.
-            let mut hashed = hashed.filter(|h| h.len == req.data.len() as u64);
-            if offset == 0 && status.offset > 0 {
+            let truncated = offset == 0 && status.offset > 0;
+            if truncated {
                 writer.truncate(0).map_err(to_status)?;
                 resp.offset = 0;
-                hashed = None;
             }
             if !req.data.is_empty() {
-                match hashed {
-                    Some(h) => writer.write_hashed(&req.data, h.state),
-                    None => writer.write(&req.data),
-                }
-                .map_err(to_status)?;
-                resp.offset += to_i64(req.data.len() as u64);
+                let len = req.data.len() as u64;
+                // Asked after the copy into the page cache, which overlaps the hashing.
+                writer
+                    .write_hashed(&req.data, || match truncated {
+                        true => None,
+                        false => hash.hashed(len),
+                    })
+                    .map_err(to_status)?;
+                resp.offset += to_i64(len);
             }
             let digest = if action == WriteAction::Commit {
                 let labels: BTreeMap<String, String> = req.labels.into_iter().collect();

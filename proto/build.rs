@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let mut files = Vec::new();
-    for top in ["containerd", "google", "grpc"] {
+    for top in ["containerd", "google", "grpc", "io"] {
         let dir = root.join(top);
         println!("cargo:rerun-if-changed={}", dir.display());
         proto_files(&dir, &mut files)?;

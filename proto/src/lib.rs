@@ -165,6 +165,19 @@ pub mod grpc {
     }
 }
 
+/// containerd's cgroups library's packages.
+pub mod io {
+    pub mod containerd {
+        pub mod cgroups {
+            /// `io.containerd.cgroups.v1`: a task's cgroup v1 statistics
+            /// ([`Metrics`](v1::Metrics)), the payload of task metrics.
+            pub mod v1 {
+                generated!("io.containerd.cgroups.v1.rs");
+            }
+        }
+    }
+}
+
 /// The encoded `google.protobuf.FileDescriptorSet` of every file above, imports included
 /// (for gRPC reflection and tests).
 pub const FILE_DESCRIPTOR_SET: &[u8] =

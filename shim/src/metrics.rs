@@ -1,156 +1,17 @@
 //! Task metrics (`Stats`): cgroup v1 statistics as containerd's
-//! `io.containerd.cgroups.v1.Metrics` (pids, cpu and memory; the message types below mirror
-//! containerd/cgroups `stats/v1/metrics.proto`, field numbers included, for the fields filled).
+//! `io.containerd.cgroups.v1.Metrics` (pids, cpu and memory).
 //! Hosts with only the unified (v2) hierarchy get `Unimplemented`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use berth_errdefs::ErrorKind;
-use prost::Message;
+use berth_proto::io::containerd::cgroups::v1::{
+    CpuStat, CpuUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
+};
+use prost::{Message, Name};
 
 use crate::error::{Error, Result};
-
-/// containerd's type URL for cgroup v1 metrics.
-pub const METRICS_V1_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
-
-/// `io.containerd.cgroups.v1.Metrics` (subset: pids, cpu, memory).
-#[derive(Clone, PartialEq, Message)]
-pub struct Metrics {
-    #[prost(message, optional, tag = "2")]
-    pub pids: Option<PidsStat>,
-    #[prost(message, optional, tag = "3")]
-    pub cpu: Option<CpuStat>,
-    #[prost(message, optional, tag = "4")]
-    pub memory: Option<MemoryStat>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct PidsStat {
-    #[prost(uint64, tag = "1")]
-    pub current: u64,
-    #[prost(uint64, tag = "2")]
-    pub limit: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct CpuStat {
-    #[prost(message, optional, tag = "1")]
-    pub usage: Option<CpuUsage>,
-    #[prost(message, optional, tag = "2")]
-    pub throttling: Option<Throttle>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct CpuUsage {
-    /// Nanoseconds.
-    #[prost(uint64, tag = "1")]
-    pub total: u64,
-    #[prost(uint64, tag = "2")]
-    pub kernel: u64,
-    #[prost(uint64, tag = "3")]
-    pub user: u64,
-    #[prost(uint64, repeated, tag = "4")]
-    pub per_cpu: Vec<u64>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Throttle {
-    #[prost(uint64, tag = "1")]
-    pub periods: u64,
-    #[prost(uint64, tag = "2")]
-    pub throttled_periods: u64,
-    #[prost(uint64, tag = "3")]
-    pub throttled_time: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct MemoryEntry {
-    #[prost(uint64, tag = "1")]
-    pub limit: u64,
-    #[prost(uint64, tag = "2")]
-    pub usage: u64,
-    #[prost(uint64, tag = "3")]
-    pub max: u64,
-    #[prost(uint64, tag = "4")]
-    pub failcnt: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct MemoryStat {
-    #[prost(uint64, tag = "1")]
-    pub cache: u64,
-    #[prost(uint64, tag = "2")]
-    pub rss: u64,
-    #[prost(uint64, tag = "3")]
-    pub rss_huge: u64,
-    #[prost(uint64, tag = "4")]
-    pub mapped_file: u64,
-    #[prost(uint64, tag = "5")]
-    pub dirty: u64,
-    #[prost(uint64, tag = "6")]
-    pub writeback: u64,
-    #[prost(uint64, tag = "7")]
-    pub pg_pg_in: u64,
-    #[prost(uint64, tag = "8")]
-    pub pg_pg_out: u64,
-    #[prost(uint64, tag = "9")]
-    pub pg_fault: u64,
-    #[prost(uint64, tag = "10")]
-    pub pg_maj_fault: u64,
-    #[prost(uint64, tag = "11")]
-    pub inactive_anon: u64,
-    #[prost(uint64, tag = "12")]
-    pub active_anon: u64,
-    #[prost(uint64, tag = "13")]
-    pub inactive_file: u64,
-    #[prost(uint64, tag = "14")]
-    pub active_file: u64,
-    #[prost(uint64, tag = "15")]
-    pub unevictable: u64,
-    #[prost(uint64, tag = "16")]
-    pub hierarchical_memory_limit: u64,
-    #[prost(uint64, tag = "17")]
-    pub hierarchical_swap_limit: u64,
-    #[prost(uint64, tag = "18")]
-    pub total_cache: u64,
-    #[prost(uint64, tag = "19")]
-    pub total_rss: u64,
-    #[prost(uint64, tag = "20")]
-    pub total_rss_huge: u64,
-    #[prost(uint64, tag = "21")]
-    pub total_mapped_file: u64,
-    #[prost(uint64, tag = "22")]
-    pub total_dirty: u64,
-    #[prost(uint64, tag = "23")]
-    pub total_writeback: u64,
-    #[prost(uint64, tag = "24")]
-    pub total_pg_pg_in: u64,
-    #[prost(uint64, tag = "25")]
-    pub total_pg_pg_out: u64,
-    #[prost(uint64, tag = "26")]
-    pub total_pg_fault: u64,
-    #[prost(uint64, tag = "27")]
-    pub total_pg_maj_fault: u64,
-    #[prost(uint64, tag = "28")]
-    pub total_inactive_anon: u64,
-    #[prost(uint64, tag = "29")]
-    pub total_active_anon: u64,
-    #[prost(uint64, tag = "30")]
-    pub total_inactive_file: u64,
-    #[prost(uint64, tag = "31")]
-    pub total_active_file: u64,
-    #[prost(uint64, tag = "32")]
-    pub total_unevictable: u64,
-    #[prost(message, optional, tag = "33")]
-    pub usage: Option<MemoryEntry>,
-    #[prost(message, optional, tag = "34")]
-    pub swap: Option<MemoryEntry>,
-    #[prost(message, optional, tag = "35")]
-    pub kernel: Option<MemoryEntry>,
-    #[prost(message, optional, tag = "36")]
-    pub kernel_tcp: Option<MemoryEntry>,
-}
 
 /// The v1 hierarchies of a process: controller → directory of its cgroup.
 pub(crate) fn cgroup_dirs(pid: u32) -> Result<HashMap<String, PathBuf>> {
@@ -301,7 +162,7 @@ pub fn collect(pid: u32) -> Result<prost_types::Any> {
         memory: dirs.get("memory").map(|d| memory(d)),
     };
     Ok(prost_types::Any {
-        type_url: METRICS_V1_TYPE_URL.to_string(),
+        type_url: Metrics::full_name(),
         value: metrics.encode_to_vec(),
     })
 }

@@ -1,12 +1,12 @@
 //! Berth's own CLI running containers on berthd through `containerd-shim-berth-v2` over real
 //! runc: `berth run --rm` on a root filesystem directory (output, exit codes, nothing left
 //! behind: container, runc state, cgroups), `--rootfs` misuse, and a detached task's life
-//! (tasks ls, exec, ps, kill, delete, containers rm).
+//! (tasks ls, metrics (also through the stock ctr), exec, ps, kill, delete, containers rm).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_tests::{berth, busybox_rootfs, failure, random_id, success, Daemon};
+use berth_tests::{berth, busybox_rootfs, ctr, failure, random_id, success, Daemon};
 
 const BERTH_V2: &str = "io.containerd.berth.v2";
 
@@ -143,8 +143,24 @@ async fn run_rootfs_needs_a_directory_and_a_command() {
 async fn detached_task_exec_ps_kill_delete() {
     let f = Fixture::new().await;
     let id = format!("d{}", random_id());
-    success(&f.run(&["-d"], &id, &["/bin/sleep", "300"]), "berth run -d");
+    success(
+        &f.run(&["-d", "--memory", "64m"], &id, &["/bin/sleep", "300"]),
+        "berth run -d",
+    );
     f.wait_status(&id, "running").await;
+
+    // Metrics: the cgroup's figures, through our CLI and the stock ctr alike.
+    let metrics = f.ok(&["tasks", "metrics", &id]);
+    assert!(
+        metrics.contains("memory.limit_in_bytes") && metrics.contains("67108864"),
+        "memory limit missing:\n{metrics}"
+    );
+    assert!(metrics.contains("pids.current"), "{metrics}");
+    let stock = success(
+        &ctr(&f.d, &["-n", &f.ns, "tasks", "metrics", &id]),
+        "ctr tasks metrics",
+    );
+    assert!(stock.contains("67108864"), "ctr tasks metrics:\n{stock}");
 
     let out = f.berth(&[
         "tasks",

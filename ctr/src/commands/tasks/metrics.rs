@@ -1,80 +1,20 @@
-//! Decoding of task metrics: containerd's `io.containerd.cgroups.v1.Metrics` (the fields ctr
-//! prints; field numbers from containerd/cgroups `stats/v1/metrics.proto`).
+//! Printing task metrics: containerd's `io.containerd.cgroups.v1.Metrics`, the fields ctr
+//! prints.
 
-use prost::Message;
+pub use berth_proto::io::containerd::cgroups::v1::Metrics;
+use prost::Name;
 use serde_json::{json, Value};
-
-/// containerd's type URL of cgroup v1 metrics.
-pub const V1_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Metrics {
-    #[prost(message, optional, tag = "2")]
-    pub pids: Option<PidsStat>,
-    #[prost(message, optional, tag = "3")]
-    pub cpu: Option<CpuStat>,
-    #[prost(message, optional, tag = "4")]
-    pub memory: Option<MemoryStat>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct PidsStat {
-    #[prost(uint64, tag = "1")]
-    pub current: u64,
-    #[prost(uint64, tag = "2")]
-    pub limit: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct CpuStat {
-    #[prost(message, optional, tag = "1")]
-    pub usage: Option<CpuUsage>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct CpuUsage {
-    #[prost(uint64, tag = "1")]
-    pub total: u64,
-    #[prost(uint64, tag = "2")]
-    pub kernel: u64,
-    #[prost(uint64, tag = "3")]
-    pub user: u64,
-    #[prost(uint64, repeated, tag = "4")]
-    pub per_cpu: Vec<u64>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct MemoryEntry {
-    #[prost(uint64, tag = "1")]
-    pub limit: u64,
-    #[prost(uint64, tag = "2")]
-    pub usage: u64,
-    #[prost(uint64, tag = "3")]
-    pub max: u64,
-    #[prost(uint64, tag = "4")]
-    pub failcnt: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct MemoryStat {
-    #[prost(uint64, tag = "1")]
-    pub cache: u64,
-    #[prost(uint64, tag = "2")]
-    pub rss: u64,
-    #[prost(message, optional, tag = "33")]
-    pub usage: Option<MemoryEntry>,
-}
 
 /// Whether an `Any` type URL names cgroup v1 metrics (with or without a `host/` prefix).
 pub fn is_v1(type_url: &str) -> bool {
-    type_url.rsplit('/').next() == Some(V1_TYPE_URL)
+    type_url.rsplit('/').next() == Some(Metrics::full_name().as_str())
 }
 
 /// The rows ctr's `tasks metrics` prints for cgroup v1, as (metric, value).
 pub fn rows(m: &Metrics) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Some(mem) = &m.memory {
-        let usage = mem.usage.clone().unwrap_or_default();
+        let usage = mem.usage.unwrap_or_default();
         out.push(("memory.usage_in_bytes".into(), usage.usage.to_string()));
         out.push(("memory.limit_in_bytes".into(), usage.limit.to_string()));
         out.push(("memory.stat.cache".into(), mem.cache.to_string()));
@@ -94,7 +34,7 @@ pub fn rows(m: &Metrics) -> Vec<(String, String)> {
 pub fn to_json(m: &Metrics) -> Value {
     let mut v = json!({});
     if let Some(mem) = &m.memory {
-        let usage = mem.usage.clone().unwrap_or_default();
+        let usage = mem.usage.unwrap_or_default();
         v["memory"] = json!({
             "usage": usage.usage, "limit": usage.limit, "max_usage": usage.max,
             "failcnt": usage.failcnt, "cache": mem.cache, "rss": mem.rss,
@@ -115,6 +55,10 @@ pub fn to_json(m: &Metrics) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_proto::io::containerd::cgroups::v1::{
+        CpuStat, CpuUsage, MemoryEntry, MemoryStat, PidsStat,
+    };
+    use prost::Message;
 
     #[test]
     fn decodes_and_prints_v1_metrics() {
@@ -130,6 +74,7 @@ mod tests {
                     user: 600,
                     per_cpu: vec![700, 300],
                 }),
+                ..Default::default()
             }),
             memory: Some(MemoryStat {
                 cache: 4096,
@@ -140,6 +85,7 @@ mod tests {
                     max: 16384,
                     failcnt: 0,
                 }),
+                ..Default::default()
             }),
         };
         let back = Metrics::decode(m.encode_to_vec().as_slice()).unwrap();

@@ -17,18 +17,17 @@ use crate::store::{
 };
 use crate::timestamp;
 
-/// The hash state of data written ahead of it, obtained after the write.
-type HashedLater<'a> = Box<dyn FnOnce() -> Option<HashState> + 'a>;
-
 const HASH_BUF: usize = 1 << 20;
-/// The running sha256 of an ingest, advanced by whoever hashes the next bytes.
+/// The running sha256 of an ingest, advanced by whoever hashes the next bytes, and how
+/// many bytes it covers (a check that a state handed back fits where it is applied).
 #[derive(Clone, Default)]
-pub struct HashState(Sha256);
+pub struct HashState(Sha256, u64);
 
 impl HashState {
     /// Folds `data` in.
     pub fn update(&mut self, data: &[u8]) {
         self.0.update(data);
+        self.1 += data.len() as u64;
     }
 
     /// The digest of what was folded in so far.
@@ -40,6 +39,20 @@ impl HashState {
 impl std::fmt::Debug for HashState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HashState(sha256)")
+    }
+}
+
+/// Gives the hash state after a write whose data was hashed elsewhere: the state before it
+/// updated with exactly its data, or `None` to have the data re-read and hashed here.
+type LaterHash = Box<dyn FnOnce() -> Option<HashState> + Send>;
+
+/// Writes whose hash is still to come, oldest first.
+#[derive(Default)]
+struct PendingHashes(std::collections::VecDeque<(u64, u64, LaterHash)>);
+
+impl std::fmt::Debug for PendingHashes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PendingHashes({})", self.0.len())
     }
 }
 
@@ -80,7 +93,12 @@ pub struct Writer {
     writeback_from: u64,
     total: u64,
     expected: Option<Digest>,
+    /// The sha256 of the data up to the first pending write.
     hasher: Sha256,
+    /// Writes hashed elsewhere: folded into `hasher` when a digest is needed.
+    pending: PendingHashes,
+    /// Re-hashing a pending write's data failed: the digest is unknown until a truncate.
+    hash_failed: Option<String>,
     started_at: SystemTime,
     updated_at: SystemTime,
 }
@@ -126,6 +144,8 @@ impl Writer {
             total,
             expected,
             hasher: Sha256::new(),
+            pending: PendingHashes::default(),
+            hash_failed: None,
             started_at: SystemTime::now(),
             updated_at: SystemTime::now(),
         };
@@ -172,7 +192,7 @@ impl Writer {
         let file = open_data(&data, false)?;
         // Re-hash what is already there so digest() covers it.
         let mut hasher = Sha256::new();
-        let offset = hash_prefix(&file, &data, &mut hasher, None)?;
+        let offset = hash_range(&file, &data, &mut hasher, 0, None)?;
 
         if status.total > 0 {
             self.total = status.total;
@@ -245,8 +265,29 @@ impl Writer {
     }
 
     /// The digest of the bytes written so far (sha256 of nothing when empty).
-    pub fn digest(&self) -> Digest {
+    pub fn digest(&mut self) -> Digest {
+        self.settle();
         Digest::from_hasher(&self.hasher)
+    }
+
+    /// Folds the pending writes' hashes in, in order.
+    fn settle(&mut self) {
+        while let Some((offset, len, later)) = self.pending.0.pop_front() {
+            if let Some(state) = later().filter(|s| s.1 == offset + len) {
+                self.hasher = state.0;
+                continue;
+            }
+            let data = self.dir.join(DATA);
+            let rehashed = match &self.file {
+                Some(file) => hash_range(file, &data, &mut self.hasher, offset, Some(len)),
+                None => Err(Error::WriterClosed(self.reference.clone())),
+            };
+            match rehashed {
+                Ok(n) if n == len => {}
+                Ok(n) => self.hash_failed = Some(format!("{n} of {len} bytes at {offset} left")),
+                Err(e) => self.hash_failed = Some(e.to_string()),
+            }
+        }
     }
 
     fn live_file(&self) -> Result<&File> {
@@ -258,32 +299,44 @@ impl Writer {
     /// Appends `data` at the current offset. Writing past a declared total
     /// fails with `FailedPrecondition` and writes nothing.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.append(data, None)
+        self.append(data, true)
     }
 
     /// The running sha256 of the bytes written so far, for a caller that hashes the next
-    /// bytes itself while they arrive (see [`write_hashed`](Self::write_hashed)).
-    pub fn hash_state(&self) -> HashState {
-        HashState(self.hasher.clone())
+    /// bytes itself while they arrive (see [`write_hash_later`](Self::write_hash_later)).
+    pub fn hash_state(&mut self) -> HashState {
+        self.settle();
+        HashState(self.hasher.clone(), self.offset)
     }
 
-    /// Appends `data`, whose hash the caller computes elsewhere (while it arrived, say):
-    /// `hashed` is asked once `data` is in the page cache, so that hashing overlaps the
-    /// write, and must return [`hash_state`](Self::hash_state) updated with exactly `data`
-    /// (or the ingest's digest is wrong); `None` has `data` hashed here.
-    pub fn write_hashed(
+    /// Appends `data`, whose hash is computed elsewhere (while it arrived, say) and asked
+    /// for only when a digest is needed: `hashed` must give [`hash_state`](Self::hash_state)
+    /// as of before this write updated with exactly `data` (or the ingest's digest is
+    /// wrong), or `None` to have `data` re-read and hashed here (so does a state whose byte
+    /// count does not end where this write does). So the write returns without waiting for
+    /// its hash.
+    pub fn write_hash_later(
         &mut self,
         data: &[u8],
-        hashed: impl FnOnce() -> Option<HashState>,
+        hashed: impl FnOnce() -> Option<HashState> + Send + 'static,
     ) -> Result<()> {
-        self.append(data, Some(Box::new(hashed)))
+        let offset = self.offset;
+        self.append(data, false)?;
+        if !data.is_empty() {
+            self.pending
+                .0
+                .push_back((offset, data.len() as u64, Box::new(hashed)));
+        }
+        Ok(())
     }
 
-    /// Writes `data` at the offset and advances the hash: to what `hashed` gives after the
-    /// write, else by hashing `data` (on a second thread for large writes: copying into the
-    /// page cache and hashing are each a pass over the data, and clients wait for the
-    /// running digest before sending more).
-    fn append(&mut self, data: &[u8], hashed: Option<HashedLater<'_>>) -> Result<()> {
+    /// Writes `data` at the offset and, if `hash`, advances the hash (on a second thread
+    /// for large writes: copying into the page cache and hashing are each a pass over the
+    /// data, and clients wait for the running digest before sending more).
+    fn append(&mut self, data: &[u8], hash: bool) -> Result<()> {
+        if hash {
+            self.settle();
+        }
         // The field, not `live_file`: the hasher is borrowed alongside.
         let file = self
             .file
@@ -306,18 +359,9 @@ impl Writer {
         }
         let end = self.offset + len;
         let unhashed = self.hasher.clone();
-        let written = match hashed {
-            Some(later) => {
-                let written = file.write_all_at(data, self.offset);
-                if written.is_ok() {
-                    match later() {
-                        Some(h) => self.hasher = h.0,
-                        None => self.hasher.update(data),
-                    }
-                }
-                written
-            }
-            None if data.len() >= PARALLEL_HASH_MIN => {
+        let written = match hash {
+            false => file.write_all_at(data, self.offset),
+            true if data.len() >= PARALLEL_HASH_MIN => {
                 let (offset, hasher) = (self.offset, &mut self.hasher);
                 std::thread::scope(|scope| {
                     let writing = scope.spawn(|| file.write_all_at(data, offset));
@@ -327,7 +371,7 @@ impl Writer {
                         .unwrap_or_else(|_| Err(io::Error::other("write thread panicked")))
                 })
             }
-            None => {
+            true => {
                 self.hasher.update(data);
                 file.write_all_at(data, self.offset)
             }
@@ -352,6 +396,8 @@ impl Writer {
     /// Cuts the ingest back to `offset` (at most the current offset) and
     /// re-hashes the remaining prefix; 0 restarts the write.
     pub fn truncate(&mut self, offset: u64) -> Result<()> {
+        // Every pending hash is asked for, in order, even though the prefix is re-hashed.
+        self.settle();
         let file = self.live_file()?;
         if offset > self.offset {
             return Err(Error::TruncateBeyondOffset {
@@ -363,7 +409,7 @@ impl Writer {
         file.set_len(offset).ctx("truncate ingest data", &data)?;
         let mut hasher = Sha256::new();
         if offset > 0 {
-            let hashed = hash_prefix(file, &data, &mut hasher, Some(offset))?;
+            let hashed = hash_range(file, &data, &mut hasher, 0, Some(offset))?;
             if hashed != offset {
                 return Err(Error::corrupt(
                     &data,
@@ -372,6 +418,7 @@ impl Writer {
             }
         }
         self.hasher = hasher;
+        self.hash_failed = None;
         self.offset = offset;
         self.writeback_from = self.writeback_from.min(offset);
         self.updated_at = SystemTime::now();
@@ -441,6 +488,12 @@ impl Writer {
             });
         }
         let digest = self.digest();
+        if let Some(failed) = &self.hash_failed {
+            return Err(Error::corrupt(
+                &data,
+                format!("hashing written data failed: {failed}"),
+            ));
+        }
         if let Some(expected) = expected {
             if expected != digest {
                 return Err(Error::DigestMismatch {
@@ -534,7 +587,14 @@ fn open_data(path: &Path, truncate: bool) -> Result<File> {
 
 /// Streams the file from the start into `hasher`, up to `limit` bytes (or
 /// the end). Returns the number of bytes hashed.
-fn hash_prefix(file: &File, path: &Path, hasher: &mut Sha256, limit: Option<u64>) -> Result<u64> {
+/// Hashes the file from `start`, `limit` bytes or to the end; returns how many it read.
+fn hash_range(
+    file: &File,
+    path: &Path,
+    hasher: &mut Sha256,
+    start: u64,
+    limit: Option<u64>,
+) -> Result<u64> {
     let mut buf = vec![0u8; HASH_BUF];
     let mut done = 0u64;
     loop {
@@ -548,7 +608,7 @@ fn hash_prefix(file: &File, path: &Path, hasher: &mut Sha256, limit: Option<u64>
             }
             None => buf.len(),
         };
-        let n = match file.read_at(&mut buf[..want], done) {
+        let n = match file.read_at(&mut buf[..want], start + done) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

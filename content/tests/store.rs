@@ -225,7 +225,7 @@ fn resume_keeps_started_at_and_digest() {
     assert_eq!(w1.digest(), Digest::of_bytes(first));
     drop(w1);
 
-    let w2 = s.writer(opts("cb", Some(256), Some(d))).unwrap();
+    let mut w2 = s.writer(opts("cb", Some(256), Some(d))).unwrap();
     let st2 = w2.status();
     assert_eq!(
         st2, st1,
@@ -525,7 +525,7 @@ fn total_on_resume() {
 
     // A different non-zero total: like containerd, the ingest starts over.
     let started = s.status("a").unwrap().started_at;
-    let w = s.writer(opts("a", Some(50), None)).unwrap();
+    let mut w = s.writer(opts("a", Some(50), None)).unwrap();
     let st = w.status();
     assert_eq!((st.offset, st.total), (0, 50));
     assert!(st.started_at > started);
@@ -692,7 +692,7 @@ fn ingest_layout_matches_containerd() {
     }
     // A stray temp file does not disturb resuming.
     std::fs::write(dir.join("updatedat.tmp"), b"garbage").unwrap();
-    let w = writer(&s, "layout-ref");
+    let mut w = writer(&s, "layout-ref");
     assert_eq!(w.digest(), d);
 }
 
@@ -773,4 +773,63 @@ fn half_created_ingests_are_removed_at_open() {
         .map(|s| s.reference)
         .collect();
     assert_eq!(refs, ["kept"]);
+}
+
+/// Writes hashed elsewhere: their states are asked for in order when a digest is needed;
+/// a missing state, or one that does not end where its write does, is replaced by hashing
+/// the written data again.
+#[test]
+fn writes_hashed_later_settle_in_order_and_fall_back_to_rehashing() {
+    let (_d, s) = store();
+    let (data, d) = content(3 << 20, 11);
+    let (a, rest) = data.split_at(1 << 20);
+    let (b, c) = rest.split_at(1 << 20);
+    let mut w = writer(&s, "later");
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+    let mut good = w.hash_state();
+    good.update(a);
+    let log = asked.clone();
+    w.write_hash_later(a, move || {
+        log.lock().unwrap().push(1);
+        Some(good)
+    })
+    .unwrap();
+    let log = asked.clone();
+    w.write_hash_later(b, move || {
+        log.lock().unwrap().push(2);
+        None
+    })
+    .unwrap();
+    // Right bytes hashed from the wrong start: its byte count gives it away.
+    let mut misplaced = berth_content::HashState::default();
+    misplaced.update(c);
+    let log = asked.clone();
+    w.write_hash_later(c, move || {
+        log.lock().unwrap().push(3);
+        Some(misplaced)
+    })
+    .unwrap();
+    assert!(
+        asked.lock().unwrap().is_empty(),
+        "asked before a digest was needed"
+    );
+    assert_eq!(w.status().offset, data.len() as u64);
+    assert_eq!(w.digest(), d);
+    assert_eq!(*asked.lock().unwrap(), [1, 2, 3]);
+
+    // A truncate asks for what is pending first, then re-hashes the prefix.
+    let log = asked.clone();
+    w.write_hash_later(b"junk", move || {
+        log.lock().unwrap().push(4);
+        None
+    })
+    .unwrap();
+    w.truncate(1 << 20).unwrap();
+    assert_eq!(*asked.lock().unwrap(), [1, 2, 3, 4]);
+    assert_eq!(w.digest(), Digest::of_bytes(a));
+
+    // A commit settles too.
+    w.write_hash_later(rest, || None).unwrap();
+    assert_eq!(w.commit(data.len() as u64, Some(d)).unwrap(), d);
 }

@@ -463,8 +463,8 @@ impl ContentWriter {
     }
 
     /// The digest of what the ingest holds so far.
-    pub fn digest(&self) -> Digest {
-        match &self.state {
+    pub fn digest(&mut self) -> Digest {
+        match &mut self.state {
             WriterState::Ingest(w) => w.digest(),
             WriterState::Shared { digest, .. } => *digest,
             WriterState::Closed => Digest::of_bytes(&[]),
@@ -482,26 +482,30 @@ impl ContentWriter {
     }
 
     /// The running sha256 of an ingest in progress (`None` for shared content not copied
-    /// into an ingest yet): see [`write_hashed`](Self::write_hashed).
-    pub fn hash_state(&self) -> Option<berth_content::HashState> {
-        match &self.state {
+    /// into an ingest yet): see [`write_hash_later`](Self::write_hash_later).
+    pub fn hash_state(&mut self) -> Option<berth_content::HashState> {
+        match &mut self.state {
             WriterState::Ingest(w) => Some(w.hash_state()),
             _ => None,
         }
     }
 
-    /// Appends data whose hash the caller computes elsewhere: `hashed`, asked after the
-    /// write, gives [`hash_state`](Self::hash_state) updated with exactly `data` (`None`:
-    /// hash it here). Shared content not copied into an ingest yet never asks.
-    pub fn write_hashed(
+    /// Appends data whose hash is computed elsewhere, asked for only when a digest is
+    /// needed (see `berth_content::Writer::write_hash_later`). Shared content not copied
+    /// into an ingest yet asks at once and hashes the data itself.
+    pub fn write_hash_later(
         &mut self,
         data: &[u8],
-        hashed: impl FnOnce() -> Option<berth_content::HashState>,
+        hashed: impl FnOnce() -> Option<berth_content::HashState> + Send + 'static,
     ) -> Result<()> {
         let what = self.what();
         match &mut self.state {
-            WriterState::Ingest(w) => w.write_hashed(data, hashed).map_err(content_err(what)),
-            _ => self.write(data),
+            WriterState::Ingest(w) => w.write_hash_later(data, hashed).map_err(content_err(what)),
+            _ => {
+                // Its result is the next in line: take it, so later ones stay in order.
+                let _ = hashed();
+                self.write(data)
+            }
         }
     }
 

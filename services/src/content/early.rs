@@ -5,10 +5,12 @@
 //! that round trip. [`EarlyDataLayer`] copies (by reference) every body chunk of a
 //! Content.Write call to an [`EarlyHasher`] thread that splits the raw stream into gRPC
 //! messages and hashes their `data` field (field 6 of `WriteContentRequest`) frame by frame,
-//! from a hash state the session hands it for each message (the ingest's state after the
-//! previous one). The session then takes the finished state instead of hashing again, when
-//! the message turns out to append at the ingest's offset; anything else (a truncation, a
-//! compressed message, a parse surprise, a slow thread) falls back to hashing in the step.
+//! each message from the state the previous one ended in, or from a state the session hands
+//! it (after a truncation, say). A WRITE that appends at the ingest's offset is written
+//! without waiting for its hash: the writer asks for the finished state only when it needs
+//! a digest (a STAT, the commit), so hashing also overlaps the client's next message.
+//! Anything else (a truncation, a compressed message, a parse surprise, a slow thread)
+//! falls back to hashing in the step or re-reading the written data.
 
 use std::pin::Pin;
 use std::sync::{mpsc, Arc, Mutex};
@@ -104,11 +106,20 @@ impl Body for TeeBody {
     }
 }
 
-/// The session's side of the hashing thread: one start state in, one result out, per
-/// message, in stream order.
+/// The session's side of the hashing thread: one start in, one result out, per message, in
+/// stream order. Shared with the writer's pending hashes, which take results later (in
+/// order too: the session settles them before it takes a result itself).
 pub struct EarlyHasher {
-    starts: mpsc::Sender<Option<HashState>>,
-    results: mpsc::Receiver<Option<Hashed>>,
+    starts: mpsc::Sender<Start>,
+    results: Mutex<mpsc::Receiver<Option<Hashed>>>,
+}
+
+/// Where the hash of a message's data starts.
+pub enum Start {
+    /// From the state the previous message ended in: its data was appended as sent.
+    Chain,
+    /// From this state (`None`: the message's result is of no use).
+    From(Option<HashState>),
 }
 
 /// A message's `data` hashed onto the start state it was given.
@@ -120,7 +131,7 @@ pub struct Hashed {
 impl EarlyHasher {
     /// Starts the thread on the chunks of `data`; the first message gets no start state
     /// (the ingest is not open yet).
-    pub fn start(data: EarlyData) -> Option<EarlyHasher> {
+    pub fn start(data: EarlyData) -> Option<Arc<EarlyHasher>> {
         let chunks = data.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         let (starts, starts_rx) = mpsc::channel();
         let (results_tx, results) = mpsc::channel();
@@ -128,20 +139,24 @@ impl EarlyHasher {
             .name("content-hash".into())
             .spawn(move || hash_messages(Feed::new(chunks), starts_rx, results_tx))
             .ok()?;
-        let me = EarlyHasher { starts, results };
-        me.next_start(None);
-        Some(me)
+        let me = EarlyHasher {
+            starts,
+            results: Mutex::new(results),
+        };
+        me.next_start(Start::From(None));
+        Some(Arc::new(me))
     }
 
-    /// The hash state to continue from for the next message.
-    pub fn next_start(&self, state: Option<HashState>) {
-        let _ = self.starts.send(state);
+    /// Where the next message's hash starts.
+    pub fn next_start(&self, start: Start) {
+        let _ = self.starts.send(start);
     }
 
-    /// The result for the current message (all of whose bytes have arrived). `Err` when
-    /// the thread is gone or late: stop using it.
+    /// The result for the oldest message not taken yet (all of whose bytes have arrived).
+    /// `Err` when the thread is gone or late: stop using it.
     pub fn take(&self) -> Result<Option<Hashed>, ()> {
-        self.results.recv_timeout(RESULT_WAIT).map_err(drop)
+        let results = self.results.lock().unwrap_or_else(|e| e.into_inner());
+        results.recv_timeout(RESULT_WAIT).map_err(drop)
     }
 }
 
@@ -183,13 +198,19 @@ impl Feed {
     }
 }
 
-/// The thread: per gRPC message, wait for its start state, then hash its `data` field.
+/// The thread: per gRPC message, wait for its start, then hash its `data` field.
 fn hash_messages(
     mut feed: Feed,
-    starts: mpsc::Receiver<Option<HashState>>,
+    starts: mpsc::Receiver<Start>,
     results: mpsc::Sender<Option<Hashed>>,
 ) {
+    // The state the previous message ended in (`None`: unknown).
+    let mut end: Option<HashState> = None;
     while let Ok(start) = starts.recv() {
+        let start = match start {
+            Start::Chain => end.take(),
+            Start::From(state) => state,
+        };
         let mut header = [0u8; 5];
         for b in &mut header {
             match feed.byte() {
@@ -202,24 +223,28 @@ fn hash_messages(
         ]));
         let result = if header[0] != 0 {
             // Compressed: the step hashes the decompressed data.
-            feed.stream(len, |_| {}).map(|()| None)
+            feed.stream(len, |_| {}).map(|()| (None, None))
         } else {
             hash_message(&mut feed, len, start)
         };
-        match result {
-            Some(r) => {
-                if results.send(r).is_err() {
-                    return;
-                }
-            }
-            None => return,
+        let Some((result, ended)) = result else {
+            return;
+        };
+        end = ended;
+        if results.send(result).is_err() {
+            return;
         }
     }
 }
 
-/// Walks one protobuf message of `len` bytes, hashing field 6 onto `start`. `None` at the
-/// end of the body; `Some(None)` when the message gives no usable result.
-fn hash_message(feed: &mut Feed, len: u64, start: Option<HashState>) -> Option<Option<Hashed>> {
+/// Walks one protobuf message of `len` bytes, hashing field 6 onto `start`: its result
+/// (`None` when the message gives no usable one) and the state it ends in (`start` itself
+/// without data; `None` when unknown). `None` at the end of the body.
+fn hash_message(
+    feed: &mut Feed,
+    len: u64,
+    start: Option<HashState>,
+) -> Option<(Option<Hashed>, Option<HashState>)> {
     let mut left = len;
     let mut state = start;
     let mut data_len: Option<u64> = None;
@@ -279,10 +304,15 @@ fn hash_message(feed: &mut Feed, len: u64, start: Option<HashState>) -> Option<O
     }
     // Whatever is left of a message we could not follow.
     feed.stream(left, |_| {})?;
-    Some(match (usable, state, data_len) {
-        (true, Some(state), Some(len)) => Some(Hashed { state, len }),
+    let end = state.filter(|_| usable);
+    let result = match (&end, data_len) {
+        (Some(state), Some(len)) => Some(Hashed {
+            state: state.clone(),
+            len,
+        }),
         _ => None,
-    })
+    };
+    Some((result, end))
 }
 
 /// A varint within the message's `left` bytes: `None` at the end of the body, `Some(None)`
@@ -318,8 +348,21 @@ mod tests {
     }
 
     /// Feeds `stream` to the thread in chunks of `chunk` bytes; returns each message's
-    /// (digest of start + data, data length) or None.
+    /// (digest of start + data, data length) or None. Every message after the first starts
+    /// from the empty state.
     fn run(stream: &[u8], chunk: usize, messages: usize) -> Vec<Option<(String, u64)>> {
+        run_with(stream, chunk, messages, |_| {
+            Start::From(Some(berth_content::HashState::default()))
+        })
+    }
+
+    /// As [`run`], with message `i` (from 1) starting at `start(i)`.
+    fn run_with(
+        stream: &[u8],
+        chunk: usize,
+        messages: usize,
+        start: impl Fn(usize) -> Start,
+    ) -> Vec<Option<(String, u64)>> {
         let (tx, rx) = mpsc::channel();
         for c in stream.chunks(chunk) {
             tx.send(Bytes::copy_from_slice(c)).unwrap();
@@ -331,7 +374,7 @@ mod tests {
             let r = hasher.take().expect("result");
             out.push(r.map(|h| (h.state.digest().to_string(), h.len)));
             if i + 1 < messages {
-                hasher.next_start(Some(berth_content::HashState::default()));
+                hasher.next_start(start(i + 1));
             }
         }
         out
@@ -377,6 +420,45 @@ mod tests {
             assert!(got[0].is_none(), "chunk {chunk}");
             assert_eq!(got[1], Some((sha(&a), a.len() as u64)), "chunk {chunk}");
             assert_eq!(got[2], Some((sha(&b), b.len() as u64)), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn chained_messages_continue_from_the_previous_state() {
+        let (a, b) = (vec![1u8; 100_000], b"tail".to_vec());
+        let msgs = [
+            WriteContentRequest {
+                action: WriteAction::Write as i32,
+                data: a.clone().into(),
+                ..Default::default()
+            },
+            WriteContentRequest {
+                action: WriteAction::Stat as i32,
+                ..Default::default()
+            },
+            WriteContentRequest {
+                action: WriteAction::Write as i32,
+                offset: a.len() as i64,
+                data: b.clone().into(),
+                ..Default::default()
+            },
+        ];
+        let mut stream = Vec::new();
+        // A message before them all, started from the empty state; then chains.
+        stream.extend(grpc_frame(&msgs[1], false));
+        for m in &msgs {
+            stream.extend(grpc_frame(m, false));
+        }
+        for chunk in [3, 65_536] {
+            let got = run_with(&stream, chunk, 4, |i| match i {
+                1 => Start::From(Some(berth_content::HashState::default())),
+                _ => Start::Chain,
+            });
+            assert_eq!(got[1], Some((sha(&a), a.len() as u64)), "chunk {chunk}");
+            // No data: nothing to report, and the chain goes on unchanged.
+            assert_eq!(got[2], None, "chunk {chunk}");
+            let whole: Vec<u8> = a.iter().chain(&b).copied().collect();
+            assert_eq!(got[3], Some((sha(&whole), b.len() as u64)), "chunk {chunk}");
         }
     }
 

@@ -21,17 +21,16 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::early::{EarlyHasher, Hashed};
+use super::early::{EarlyHasher, Start};
 use super::{parse_digest, to_i64, BoxStream};
 use crate::error::{blocking, join_error, to_status};
-use berth_content::HashState;
 
 pub fn serve(
     db: Arc<Db>,
     ns: String,
     lease: Option<String>,
     stream: Streaming<WriteContentRequest>,
-    early: Option<EarlyHasher>,
+    early: Option<Arc<EarlyHasher>>,
 ) -> BoxStream<WriteContentResponse> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
@@ -58,7 +57,7 @@ async fn session(
     ns: String,
     lease: Option<String>,
     mut stream: Streaming<WriteContentRequest>,
-    mut early: Option<EarlyHasher>,
+    mut early: Option<Arc<EarlyHasher>>,
     tx: &mpsc::Sender<Result<WriteContentResponse, Status>>,
 ) -> Result<(), Status> {
     let Some(mut req) = stream.message().await? else {
@@ -93,12 +92,16 @@ async fn session(
     loop {
         let (db2, ns2) = (db.clone(), ns.clone());
         let (w, result, e) = tokio::task::spawn_blocking(move || {
-            let mut hash = EarlyHash::new(early.as_ref());
-            let r = step(&db2, &ns2, &mut writer, &mut want, req, &mut hash);
-            // One result per message, used or not, keeps the thread in step.
-            if hash.take_result().is_err() {
-                early = None;
-            }
+            let mut deferred = false;
+            let r = step(
+                &db2,
+                &ns2,
+                &mut writer,
+                &mut want,
+                req,
+                early.as_ref(),
+                &mut deferred,
+            );
             if want.discard {
                 // Release the ref lock, then drop the ingest (containerd aborts it too).
                 let reference = writer.reference().to_string();
@@ -108,9 +111,19 @@ async fn session(
                 }
                 return (None, r.map(|resp| (resp, want)), early);
             }
-            // The next message continues from here.
-            if let Some(e) = &early {
-                e.next_start(writer.hash_state());
+            // One result per message, in order, used or not, keeps the thread in step; the
+            // next message's hash continues from this one's or from the writer's state.
+            if let Some(e) = early.clone() {
+                if deferred {
+                    e.next_start(Start::Chain);
+                } else {
+                    // The pending hashes take their (earlier) results first.
+                    let state = writer.hash_state();
+                    match e.take() {
+                        Ok(_) => e.next_start(Start::From(state)),
+                        Err(()) => early = None,
+                    }
+                }
             }
             (Some(writer), r.map(|resp| (resp, want)), early)
         })
@@ -130,42 +143,6 @@ async fn session(
     }
 }
 
-/// The early hashing thread's result for the current message, taken once.
-struct EarlyHash<'a> {
-    early: Option<&'a EarlyHasher>,
-    taken: Option<Result<Option<Hashed>, ()>>,
-}
-
-impl<'a> EarlyHash<'a> {
-    fn new(early: Option<&'a EarlyHasher>) -> Self {
-        EarlyHash { early, taken: None }
-    }
-
-    /// Waits for the result (once); `Err` when the thread is gone or late.
-    fn take_result(&mut self) -> Result<(), ()> {
-        let Some(early) = self.early else {
-            return Ok(());
-        };
-        let taken = self.taken.get_or_insert_with(|| early.take());
-        taken.as_ref().map(drop).map_err(|&()| ())
-    }
-
-    /// The message's data hashed onto the ingest's state before it, if it is `len` long.
-    fn hashed(&mut self, len: u64) -> Option<HashState> {
-        self.take_result().ok()?;
-        match self.taken.take()? {
-            Ok(Some(h)) if h.len == len => {
-                self.taken = Some(Ok(None));
-                Some(h.state)
-            }
-            other => {
-                self.taken = Some(other);
-                None
-            }
-        }
-    }
-}
-
 /// Handles one request against the locked writer (blocking I/O).
 fn step(
     db: &Db,
@@ -173,7 +150,8 @@ fn step(
     writer: &mut ContentWriter,
     want: &mut Expectation,
     req: WriteContentRequest,
-    hash: &mut EarlyHash<'_>,
+    early: Option<&Arc<EarlyHasher>>,
+    deferred: &mut bool,
 ) -> Result<WriteContentResponse, Status> {
     let action = WriteAction::try_from(req.action)
         .map_err(|_| Status::invalid_argument(format!("unknown write action {}", req.action)))?;
@@ -226,13 +204,22 @@ fn step(
             }
             if !req.data.is_empty() {
                 let len = req.data.len() as u64;
-                // Asked after the copy into the page cache, which overlaps the hashing.
-                writer
-                    .write_hashed(&req.data, || match truncated {
-                        true => None,
-                        false => hash.hashed(len),
-                    })
-                    .map_err(to_status)?;
+                match early.filter(|_| !truncated) {
+                    // The thread hashed this data onto the ingest's state before it.
+                    Some(e) => {
+                        let e = Arc::clone(e);
+                        writer.write_hash_later(&req.data, move || {
+                            e.take()
+                                .ok()
+                                .flatten()
+                                .filter(|h| h.len == len)
+                                .map(|h| h.state)
+                        })
+                    }
+                    None => writer.write(&req.data),
+                }
+                .map_err(to_status)?;
+                *deferred = early.is_some() && !truncated;
                 resp.offset += to_i64(len);
             }
             let digest = if action == WriteAction::Commit {

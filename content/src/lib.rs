@@ -9,10 +9,12 @@
 //!   `startedat`, `updatedat` and, when declared, `total` and `expected`.
 //!
 //! Architecture invariants: this crate knows nothing of gRPC, namespaces or
-//! leases; it is synchronous (callers use a blocking thread pool); a blob
+//! leases; it is synchronous (callers use a blocking thread pool; a writer may copy
+//! large chunks on a thread of its own, invisible to everyone else); a blob
 //! appears under `blobs/` only after its data is fsynced and verified, by an
 //! atomic rename; no operation holds a whole blob in memory.
 
+mod behind;
 mod digest;
 mod error;
 mod locks;

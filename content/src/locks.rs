@@ -4,16 +4,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use crate::behind::InFlight;
 use crate::error::{Error, Result};
 use crate::timestamp;
 
+/// Held references: since when, and the holder's queued writes.
 #[derive(Debug, Default)]
 pub(crate) struct Locks {
-    held: Mutex<HashMap<String, SystemTime>>,
+    held: Mutex<HashMap<String, (SystemTime, Arc<InFlight>)>>,
 }
 
 impl Locks {
-    fn map(&self) -> MutexGuard<'_, HashMap<String, SystemTime>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, (SystemTime, Arc<InFlight>)>> {
         // The map stays consistent even if a holder panicked.
         self.held
             .lock()
@@ -23,7 +25,7 @@ impl Locks {
     /// Takes the lock on `reference`, or fails with `Unavailable` if held.
     pub(crate) fn try_lock(self: &Arc<Self>, reference: &str) -> Result<RefLock> {
         let mut map = self.map();
-        if let Some(since) = map.get(reference) {
+        if let Some((since, _)) = map.get(reference) {
             let held_ms = SystemTime::now()
                 .duration_since(*since)
                 .map(|d| d.as_millis())
@@ -34,11 +36,31 @@ impl Locks {
                 since: timestamp::format(*since),
             });
         }
-        map.insert(reference.to_string(), SystemTime::now());
+        let in_flight = Arc::new(InFlight::default());
+        map.insert(
+            reference.to_string(),
+            (SystemTime::now(), Arc::clone(&in_flight)),
+        );
         Ok(RefLock {
             locks: Arc::clone(self),
             reference: reference.to_string(),
+            in_flight,
         })
+    }
+
+    /// Waits until the writes queued by the holder of `reference` (of every held
+    /// reference: `None`) have landed, so that the data on disk is all there.
+    pub(crate) fn wait_idle(&self, reference: Option<&str>) {
+        let waiting: Vec<Arc<InFlight>> = {
+            let map = self.map();
+            match reference {
+                Some(r) => map.get(r).map(|(_, f)| Arc::clone(f)).into_iter().collect(),
+                None => map.values().map(|(_, f)| Arc::clone(f)).collect(),
+            }
+        };
+        for in_flight in waiting {
+            in_flight.wait_idle();
+        }
     }
 
     #[cfg(test)]
@@ -52,6 +74,14 @@ impl Locks {
 pub(crate) struct RefLock {
     locks: Arc<Locks>,
     reference: String,
+    in_flight: Arc<InFlight>,
+}
+
+impl RefLock {
+    /// Where the holder's queued writes are tracked.
+    pub(crate) fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
+    }
 }
 
 impl Drop for RefLock {

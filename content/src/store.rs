@@ -162,6 +162,8 @@ impl Store {
 
     /// The status of the ingest for `reference`; `NotFound` when absent.
     pub fn status(&self, reference: &str) -> Result<Status> {
+        // An active writer's queued chunks count as written.
+        self.inner.locks.wait_idle(Some(reference));
         let dir = self.inner.ingest_dir(reference);
         match read_status(&dir)? {
             Some(st) if st.reference == reference => Ok(st),
@@ -176,6 +178,7 @@ impl Store {
     /// The statuses of all ingests. Ingests that vanish or are unreadable
     /// while listing are skipped.
     pub fn list_statuses(&self) -> Result<Vec<Status>> {
+        self.inner.locks.wait_idle(None);
         let root = self.inner.ingest_root();
         let entries = match fs::read_dir(&root) {
             Ok(e) => e,

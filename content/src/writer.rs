@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
+use crate::behind::Behind;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::locks::RefLock;
@@ -56,11 +58,12 @@ impl std::fmt::Debug for PendingHashes {
     }
 }
 
-/// Writes of at least this much copy and hash on two threads.
+/// Writes of at least this much copy and hash on two threads, or (hashed elsewhere) are
+/// copied into the page cache behind the caller's back.
 const PARALLEL_HASH_MIN: usize = 256 << 10;
 /// Written data is handed to the kernel for write-back in pieces of this size, so the
 /// disk works while the client still sends and the fsync at commit has little left to do.
-const WRITEBACK_CHUNK: u64 = 8 << 20;
+pub(crate) const WRITEBACK_CHUNK: u64 = 8 << 20;
 
 /// What to write: the ingest reference and, when known, the size and digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,6 +102,8 @@ pub struct Writer {
     pending: PendingHashes,
     /// Re-hashing a pending write's data failed: the digest is unknown until a truncate.
     hash_failed: Option<String>,
+    /// Large chunks being copied into the page cache on another thread.
+    behind: Option<Behind>,
     started_at: SystemTime,
     updated_at: SystemTime,
 }
@@ -146,6 +151,7 @@ impl Writer {
             hasher: Sha256::new(),
             pending: PendingHashes::default(),
             hash_failed: None,
+            behind: None,
             started_at: SystemTime::now(),
             updated_at: SystemTime::now(),
         };
@@ -272,6 +278,15 @@ impl Writer {
 
     /// Folds the pending writes' hashes in, in order.
     fn settle(&mut self) {
+        if self.pending.0.is_empty() {
+            return;
+        }
+        // Data may be re-read below: it must have landed. (A failed write cuts the ingest
+        // back and re-hashes what is left, which settles everything.)
+        if let Err(e) = self.drain() {
+            tracing::debug!(reference = %self.reference, error = %e, "settling after a failed write");
+            return;
+        }
         while let Some((offset, len, later)) = self.pending.0.pop_front() {
             if let Some(state) = later().filter(|s| s.1 == offset + len) {
                 self.hasher = state.0;
@@ -315,13 +330,18 @@ impl Writer {
     /// wrong), or `None` to have `data` re-read and hashed here (so does a state whose byte
     /// count does not end where this write does). So the write returns without waiting for
     /// its hash.
+    /// Large chunks are copied into the page cache on a thread of the writer's own while
+    /// the caller goes on; every other operation of the writer (and the store's statuses
+    /// of this ingest) waits for them first.
     pub fn write_hash_later(
         &mut self,
-        data: &[u8],
+        data: Bytes,
         hashed: impl FnOnce() -> Option<HashState> + Send + 'static,
     ) -> Result<()> {
         let offset = self.offset;
-        self.append(data, false)?;
+        if data.len() < PARALLEL_HASH_MIN || !self.queue_behind(&data)? {
+            self.append(&data, false)?;
+        }
         if !data.is_empty() {
             self.pending
                 .0
@@ -330,10 +350,84 @@ impl Writer {
         Ok(())
     }
 
+    /// Queues `data` at the offset for the writer's thread (started on first use); `false`
+    /// when it cannot take it (the caller writes it then).
+    fn queue_behind(&mut self, data: &Bytes) -> Result<bool> {
+        let len = data.len() as u64;
+        self.check_room(len)?;
+        let file = self.live_file()?;
+        if self.behind.is_none() {
+            let Some(lock) = &self.lock else {
+                return Ok(false);
+            };
+            match Behind::start(file, lock.in_flight().clone(), self.offset) {
+                Ok(b) => self.behind = Some(b),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no write-behind thread; writing in place");
+                    return Ok(false);
+                }
+            }
+        }
+        let queued = self
+            .behind
+            .as_ref()
+            .is_some_and(|b| b.queue(self.offset, data.clone()));
+        if queued {
+            self.offset += len;
+            self.updated_at = SystemTime::now();
+        }
+        Ok(queued)
+    }
+
+    /// Fails with `ExceedsTotal` unless `len` more bytes fit the declared total.
+    fn check_room(&self, len: u64) -> Result<()> {
+        match self.offset.checked_add(len) {
+            Some(end) if self.total == 0 || end <= self.total => Ok(()),
+            _ => Err(Error::ExceedsTotal {
+                offset: self.offset,
+                len,
+                total: self.total,
+            }),
+        }
+    }
+
+    /// Waits until the data of [`write_hash_later`](Self::write_hash_later) has landed in
+    /// the ingest (every other operation does this first). After a failed write the ingest
+    /// is cut back to what did land and the error returned.
+    pub fn wait_written(&mut self) -> Result<()> {
+        self.drain()
+    }
+
+    /// Waits for the queued chunks to land. After a failed one the ingest is cut back to
+    /// the data that did land and the error returned.
+    fn drain(&mut self) -> Result<()> {
+        let Some(behind) = &self.behind else {
+            return Ok(());
+        };
+        let Err((good_end, error)) = behind.drain() else {
+            return Ok(());
+        };
+        self.behind = None;
+        let data = self.dir.join(DATA);
+        tracing::warn!(reference = %self.reference, %error, good_end, "queued ingest write failed");
+        // Every pending hash is still asked for (its source expects it), then the prefix
+        // that landed is re-hashed.
+        for (_, _, later) in self.pending.0.drain(..) {
+            let _ = later();
+        }
+        self.truncate(good_end)?;
+        Err(Error::io(
+            "write ingest data",
+            data,
+            io::Error::other(error),
+        ))
+    }
+
     /// Writes `data` at the offset and, if `hash`, advances the hash (on a second thread
     /// for large writes: copying into the page cache and hashing are each a pass over the
     /// data, and clients wait for the running digest before sending more).
     fn append(&mut self, data: &[u8], hash: bool) -> Result<()> {
+        self.drain()?;
         if hash {
             self.settle();
         }
@@ -346,17 +440,7 @@ impl Writer {
             return Ok(());
         }
         let len = data.len() as u64;
-        let end = self.offset.checked_add(len);
-        match end {
-            Some(end) if self.total == 0 || end <= self.total => {}
-            _ => {
-                return Err(Error::ExceedsTotal {
-                    offset: self.offset,
-                    len,
-                    total: self.total,
-                })
-            }
-        }
+        self.check_room(len)?;
         let end = self.offset + len;
         let unhashed = self.hasher.clone();
         let written = match hash {
@@ -398,6 +482,7 @@ impl Writer {
     pub fn truncate(&mut self, offset: u64) -> Result<()> {
         // Every pending hash is asked for, in order, even though the prefix is re-hashed.
         self.settle();
+        self.drain()?;
         let file = self.live_file()?;
         if offset > self.offset {
             return Err(Error::TruncateBeyondOffset {
@@ -467,6 +552,7 @@ impl Writer {
     /// removed and `AlreadyExists` returned. After success, or
     /// `AlreadyExists`, the writer is closed and the reference released.
     pub fn commit(&mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
+        self.drain()?;
         let file = self.live_file()?;
         let data = self.dir.join(DATA);
         file.sync_all().ctx("sync ingest data", &data)?;
@@ -533,6 +619,7 @@ impl Writer {
     /// Closes an unfinished writer: syncs the data and records `updatedat`.
     /// Dropping does the same without the sync and without reporting errors.
     pub fn close(mut self) -> Result<()> {
+        self.drain()?;
         if let Some(file) = self.file.take() {
             let data = self.dir.join(DATA);
             file.sync_all().ctx("sync ingest data", &data)?;
@@ -560,7 +647,10 @@ impl Drop for Writer {
                 tracing::warn!(reference = %self.reference, error = %e, "failed to record ingest update time");
             }
         }
-        // `lock` is released when the field drops.
+        // Released after the queued writes land; else when the field drops.
+        if let Some(behind) = self.behind.take() {
+            behind.release(self.lock.take());
+        }
     }
 }
 
@@ -585,8 +675,6 @@ fn open_data(path: &Path, truncate: bool) -> Result<File> {
         .ctx("open ingest data", path)
 }
 
-/// Streams the file from the start into `hasher`, up to `limit` bytes (or
-/// the end). Returns the number of bytes hashed.
 /// Hashes the file from `start`, `limit` bytes or to the end; returns how many it read.
 fn hash_range(
     file: &File,
@@ -639,7 +727,7 @@ fn write_small(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
 /// Starts asynchronous write-back of `len` bytes at `offset` (`sync_file_range` with
 /// `SYNC_FILE_RANGE_WRITE`). Only a head start: durability still comes from the fsync at
 /// commit, so a failure is merely logged.
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),
         libc::off64_t::try_from(len),

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use berth_content::{Digest, Error, Status, Store, Writer, WriterOpts};
 use berth_errdefs::{Classify, ErrorKind};
+use bytes::Bytes;
 
 const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -790,13 +791,13 @@ fn writes_hashed_later_settle_in_order_and_fall_back_to_rehashing() {
     let mut good = w.hash_state();
     good.update(a);
     let log = asked.clone();
-    w.write_hash_later(a, move || {
+    w.write_hash_later(Bytes::copy_from_slice(a), move || {
         log.lock().unwrap().push(1);
         Some(good)
     })
     .unwrap();
     let log = asked.clone();
-    w.write_hash_later(b, move || {
+    w.write_hash_later(Bytes::copy_from_slice(b), move || {
         log.lock().unwrap().push(2);
         None
     })
@@ -805,7 +806,7 @@ fn writes_hashed_later_settle_in_order_and_fall_back_to_rehashing() {
     let mut misplaced = berth_content::HashState::default();
     misplaced.update(c);
     let log = asked.clone();
-    w.write_hash_later(c, move || {
+    w.write_hash_later(Bytes::copy_from_slice(c), move || {
         log.lock().unwrap().push(3);
         Some(misplaced)
     })
@@ -820,7 +821,7 @@ fn writes_hashed_later_settle_in_order_and_fall_back_to_rehashing() {
 
     // A truncate asks for what is pending first, then re-hashes the prefix.
     let log = asked.clone();
-    w.write_hash_later(b"junk", move || {
+    w.write_hash_later(Bytes::from_static(b"junk"), move || {
         log.lock().unwrap().push(4);
         None
     })
@@ -830,6 +831,43 @@ fn writes_hashed_later_settle_in_order_and_fall_back_to_rehashing() {
     assert_eq!(w.digest(), Digest::of_bytes(a));
 
     // A commit settles too.
-    w.write_hash_later(rest, || None).unwrap();
+    w.write_hash_later(Bytes::copy_from_slice(rest), || None)
+        .unwrap();
     assert_eq!(w.commit(data.len() as u64, Some(d)).unwrap(), d);
+}
+
+/// Large chunks written behind the caller: the store's status of the ingest already counts
+/// them, the data is all there once the writer is dropped (the ref lock is released after
+/// it lands), and the blob commits whole.
+#[test]
+fn written_behind_chunks_count_in_statuses_and_land_before_the_lock_is_free() {
+    let (_d, s) = store();
+    let (data, d) = content(8 << 20, 12);
+    let mut w = writer(&s, "behind");
+    for chunk in data.chunks(1 << 20) {
+        w.write_hash_later(Bytes::copy_from_slice(chunk), || None)
+            .unwrap();
+    }
+    assert_eq!(s.status("behind").unwrap().offset, data.len() as u64);
+    assert_eq!(s.list_statuses().unwrap()[0].offset, data.len() as u64);
+    drop(w);
+    // The lock goes with the last queued write.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut w = loop {
+        match s.writer(opts("behind", None, None)) {
+            Ok(w) => break w,
+            Err(e)
+                if e.kind() == ErrorKind::Unavailable && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    assert_eq!(w.status().offset, data.len() as u64);
+    assert_eq!(w.digest(), d);
+    assert_eq!(w.commit(0, Some(d)).unwrap(), d);
+    let mut back = Vec::new();
+    s.reader(&d).unwrap().read_to_end(&mut back).unwrap();
+    assert!(back == data, "blob differs");
 }

@@ -495,7 +495,7 @@ impl ContentWriter {
     /// into an ingest yet asks at once and hashes the data itself.
     pub fn write_hash_later(
         &mut self,
-        data: &[u8],
+        data: bytes::Bytes,
         hashed: impl FnOnce() -> Option<berth_content::HashState> + Send + 'static,
     ) -> Result<()> {
         let what = self.what();
@@ -504,8 +504,18 @@ impl ContentWriter {
             _ => {
                 // Its result is the next in line: take it, so later ones stay in order.
                 let _ = hashed();
-                self.write(data)
+                self.write(&data)
             }
+        }
+    }
+
+    /// Waits until written data has landed in the ingest (see
+    /// `berth_content::Writer::wait_written`).
+    pub fn wait_written(&mut self) -> Result<()> {
+        let what = self.what();
+        match &mut self.state {
+            WriterState::Ingest(w) => w.wait_written().map_err(content_err(what)),
+            _ => Ok(()),
         }
     }
 

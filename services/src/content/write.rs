@@ -138,7 +138,12 @@ async fn session(
         }
         req = match stream.message().await? {
             Some(r) => r,
-            None => return Ok(()),
+            None => {
+                // The client closed: let queued data land before the ref is free again, so
+                // that a writer it opens next finds the ref unlocked and the data there.
+                let _ = tokio::task::spawn_blocking(move || writer.wait_written()).await;
+                return Ok(());
+            }
         };
     }
 }
@@ -208,7 +213,7 @@ fn step(
                     // The thread hashed this data onto the ingest's state before it.
                     Some(e) => {
                         let e = Arc::clone(e);
-                        writer.write_hash_later(&req.data, move || {
+                        writer.write_hash_later(req.data.clone(), move || {
                             e.take()
                                 .ok()
                                 .flatten()

@@ -412,6 +412,7 @@ fn crash_rounds(backend: Backend, rounds: usize) -> Vec<Round> {
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().unwrap();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             for line in BufReader::new(stdout).lines() {
@@ -420,21 +421,21 @@ fn crash_rounds(backend: Backend, rounds: usize) -> Vec<Round> {
                 if let Some(pos) = line.find("COMMITTED ") {
                     let n = line[pos + "COMMITTED ".len()..].trim();
                     got.push(n.parse::<u64>().expect("a whole number"));
+                    let _ = first_tx.send(());
                 }
             }
             got
         });
-        // Wait for the child to get going, then let it run a while.
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if child.try_wait().unwrap().is_some() {
-                panic!("crash child exited on its own");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            if t0.elapsed() > Duration::from_millis(kill_after_ms) + Duration::from_millis(200) {
-                break;
-            }
+        // Kill a while after the child's first commit (a loaded machine may take long to
+        // get it going).
+        if first_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("round {round}: crash child committed nothing within 60 s");
         }
+        if child.try_wait().unwrap().is_some() {
+            panic!("crash child exited on its own");
+        }
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let reported = reader.join().unwrap();

@@ -91,6 +91,11 @@ impl Conn {
         version => VersionClient,
     }
 
+    /// The channel and the request metadata, for clients of other services.
+    pub fn parts(&self) -> (Channel, Meta) {
+        (self.channel.clone(), self.meta.clone())
+    }
+
     /// The same connection, with new content held by `lease` (if any).
     pub fn with_lease(&self, lease: Option<&str>) -> anyhow::Result<Conn> {
         let meta = Meta {

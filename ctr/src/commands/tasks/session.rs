@@ -2,7 +2,6 @@
 //! on EOF, wait for the exit. Plus the clients of the services this needs.
 
 use std::io;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,38 +14,25 @@ use berth_proto::containerd::services::{
     },
 };
 use tokio::signal::unix::{signal, SignalKind};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::stdio::{self, Copies};
 use crate::client::{self, Meta, Svc, MAX_MESSAGE_SIZE};
 use crate::error::CallExt;
 use crate::Global;
 
-/// Clients of the containers, tasks and images services.
-///
-/// They belong with the others in `client::Conn`; until they are there, they run on a channel
-/// of their own that connects on first use (after [`Api::connect`] made sure, through
-/// `client::connect`, that berthd answers, so connection failures read the same everywhere).
+/// Clients of the containers, tasks and images services, on the same connection as the
+/// others ([`client::Conn`]).
 pub struct Api {
     channel: Channel,
     meta: Meta,
 }
 
 impl Api {
-    /// The shared connection and the extra clients.
+    /// The connection (checked to answer) and these clients on it.
     pub async fn connect(g: &Global) -> anyhow::Result<(client::Conn, Api)> {
         let conn = client::connect(g).await?;
-        let path: PathBuf = g.address.clone();
-        let endpoint = Endpoint::try_from("http://[::]:50051").context("building the endpoint")?;
-        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }));
-        let meta = Meta::new(&g.namespace)?;
+        let (channel, meta) = conn.parts();
         Ok((conn, Api { channel, meta }))
     }
 

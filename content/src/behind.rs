@@ -133,9 +133,17 @@ impl Behind {
         }
     }
 
-    /// Ends the queue: the thread writes what is queued, then drops `lock`.
+    /// Ends the queue: `lock` is dropped now if nothing is in flight, else by the thread
+    /// after what is queued has landed.
     pub(crate) fn release(self, lock: Option<RefLock>) {
-        if let Some(lock) = lock {
+        let Some(lock) = lock else {
+            return;
+        };
+        let idle = {
+            let p = self.in_flight.progress();
+            p.done >= p.queued
+        };
+        if !idle {
             // A gone thread has nothing left to write: the lock then drops here.
             let _ = self.jobs.send(Job::Release(lock));
         }

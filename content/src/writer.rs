@@ -330,6 +330,7 @@ impl Writer {
     /// wrong), or `None` to have `data` re-read and hashed here (so does a state whose byte
     /// count does not end where this write does). So the write returns without waiting for
     /// its hash.
+    ///
     /// Large chunks are copied into the page cache on a thread of the writer's own while
     /// the caller goes on; every other operation of the writer (and the store's statuses
     /// of this ingest) waits for them first.

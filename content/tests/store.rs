@@ -870,4 +870,15 @@ fn written_behind_chunks_count_in_statuses_and_land_before_the_lock_is_free() {
     let mut back = Vec::new();
     s.reader(&d).unwrap().read_to_end(&mut back).unwrap();
     assert!(back == data, "blob differs");
+
+    // Once the queue has landed, dropping frees the ref at once.
+    let mut w = writer(&s, "behind-2");
+    w.write_hash_later(Bytes::copy_from_slice(&data[..4 << 20]), || None)
+        .unwrap();
+    w.wait_written().unwrap();
+    drop(w);
+    let w = s
+        .writer(opts("behind-2", None, None))
+        .expect("ref free after the drop");
+    assert_eq!(w.status().offset, 4 << 20);
 }

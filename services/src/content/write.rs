@@ -57,10 +57,10 @@ async fn session(
     ns: String,
     lease: Option<String>,
     mut stream: Streaming<WriteContentRequest>,
-    mut early: Option<Arc<EarlyHasher>>,
+    early: Option<Arc<EarlyHasher>>,
     tx: &mpsc::Sender<Result<WriteContentResponse, Status>>,
 ) -> Result<(), Status> {
-    let Some(mut req) = stream.message().await? else {
+    let Some(req) = stream.message().await? else {
         return Ok(());
     };
     if req.r#ref.is_empty() {
@@ -68,12 +68,12 @@ async fn session(
             "first message must have a reference",
         ));
     }
-    let mut want = Expectation {
+    let want = Expectation {
         total: non_negative("total", req.total)?,
         expected: optional_digest(&req.expected)?,
         discard: false,
     };
-    let mut writer = {
+    let writer = {
         let (db, ns, reference) = (db.clone(), ns.clone(), req.r#ref.clone());
         let (total, expected) = (want.total, want.expected);
         blocking(move || {
@@ -89,8 +89,34 @@ async fn session(
         })
         .await?
     };
+    let mut slot = Some(writer);
+    let result = steps(&db, &ns, &mut slot, req, want, stream, early, tx).await;
+    // However the session ends, queued data lands before the ref is free again, so that a
+    // writer or an abort that comes next finds the ref unlocked and the data there.
+    if let Some(mut writer) = slot.take() {
+        let _ = tokio::task::spawn_blocking(move || writer.wait_written()).await;
+    }
+    result
+}
+
+/// The session's messages after the first, against the writer in `slot` (taken out for
+/// each step, put back after it; `None` once released).
+#[allow(clippy::too_many_arguments)]
+async fn steps(
+    db: &Arc<Db>,
+    ns: &str,
+    slot: &mut Option<ContentWriter>,
+    mut req: WriteContentRequest,
+    mut want: Expectation,
+    mut stream: Streaming<WriteContentRequest>,
+    mut early: Option<Arc<EarlyHasher>>,
+    tx: &mpsc::Sender<Result<WriteContentResponse, Status>>,
+) -> Result<(), Status> {
     loop {
-        let (db2, ns2) = (db.clone(), ns.clone());
+        let mut writer = slot
+            .take()
+            .ok_or_else(|| Status::internal("writer released unexpectedly"))?;
+        let (db2, ns2) = (db.clone(), ns.to_string());
         let (w, result, e) = tokio::task::spawn_blocking(move || {
             let mut deferred = false;
             let r = step(
@@ -105,6 +131,7 @@ async fn session(
             if want.discard {
                 // Release the ref lock, then drop the ingest (containerd aborts it too).
                 let reference = writer.reference().to_string();
+                let _ = writer.wait_written();
                 drop(writer);
                 if let Err(e) = db2.content().abort(&ns2, &reference) {
                     tracing::debug!(error = %e, "abort of redundant ingest failed");
@@ -130,20 +157,15 @@ async fn session(
         .await
         .map_err(join_error)?;
         early = e;
+        *slot = w;
         let (resp, w2) = result?;
-        writer = w.ok_or_else(|| Status::internal("writer released unexpectedly"))?;
         want = w2;
         if tx.send(Ok(resp)).await.is_err() {
             return Ok(());
         }
         req = match stream.message().await? {
             Some(r) => r,
-            None => {
-                // The client closed: let queued data land before the ref is free again, so
-                // that a writer it opens next finds the ref unlocked and the data there.
-                let _ = tokio::task::spawn_blocking(move || writer.wait_written()).await;
-                return Ok(());
-            }
+            None => return Ok(()),
         };
     }
 }

@@ -695,6 +695,8 @@ async fn create(
         new_privileges: false,
         annotations: BTreeMap::new(),
     };
+    // A directory has no image config: the defaults.
+    let no_image = berth_oci::ImageConfig::default();
     let (spec, mounts, snapshotter, image_name, config) = match i.source {
         Source::Image {
             name,
@@ -708,26 +710,19 @@ async fn create(
                 .await
                 .context("generating the spec")?
                 .with_context(|| format!("run {id}: runtime spec"))?;
-            (
-                spec,
-                mounts,
-                snapshotter.as_str(),
-                name.as_str(),
-                (**config).clone(),
-            )
+            (spec, mounts, snapshotter.as_str(), name.as_str(), &**config)
         }
         Source::Dir(dir) => {
-            let config = berth_oci::ImageConfig::default();
             let opts = berth_oci::RunOptions {
                 rootfs: Some(dir.clone()),
                 ..opts
             };
-            let mut spec = berth_oci::generate(&config, &opts)
+            let mut spec = berth_oci::generate(&no_image, &opts)
                 .with_context(|| format!("run {id}: runtime spec"))?;
             if let Some(root) = spec.root_mut() {
                 root.set_path(dir.clone());
             }
-            (spec, Vec::new(), "", "", config)
+            (spec, Vec::new(), "", "", &no_image)
         }
     };
 

@@ -6,9 +6,10 @@
 //! Content.Write call to an [`EarlyHasher`] thread that splits the raw stream into gRPC
 //! messages and hashes their `data` field (field 6 of `WriteContentRequest`) frame by frame,
 //! each message from the state the previous one ended in, or from a state the session hands
-//! it (after a truncation, say). A WRITE that appends at the ingest's offset is written
-//! without waiting for its hash: the writer asks for the finished state only when it needs
-//! a digest (a STAT, the commit), so hashing also overlaps the client's next message.
+//! it (after a truncation, say). A WRITE that appends at the ingest's offset hands its data
+//! to the writer with a promise of its hash; its reply carries the digest so far (as
+//! containerd's does), so the reply waits for the hash (mostly done while the data arrived)
+//! but not for the copy into the page cache, which runs on the writer's own thread.
 //! Anything else (a truncation, a compressed message, a parse surprise, a slow thread)
 //! falls back to hashing in the step or re-reading the written data.
 

@@ -1,14 +1,28 @@
-//! Berth's own CLI running containers on berthd through `containerd-shim-berth-v2` over real
-//! runc: `berth run --rm` on a root filesystem directory (output, exit codes, nothing left
-//! behind: container, runc state, cgroups), `--rootfs` misuse, and a detached task's life
-//! (tasks ls, metrics (also through the stock ctr), exec, ps, kill, delete, containers rm).
+//! Berth's own CLI running containers on berthd through `containerd-shim-berth-v2` (its
+//! default runtime) over real runc: `berth run --rm` on a root filesystem directory (output,
+//! exit codes, nothing left behind: container, runc state, cgroups), `--rootfs` misuse, and a
+//! detached task's life (which shim, a second run with its id refused, tasks ls, metrics (also
+//! through the stock ctr), exec, ps, kill, delete, containers rm).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_tests::{berth, busybox_rootfs, ctr, failure, random_id, success, Daemon};
 
-const BERTH_V2: &str = "io.containerd.berth.v2";
+/// The executable of the parent of process `pid`.
+fn parent_exe(pid: u64) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let ppid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .expect("PPid line")
+        .trim()
+        .to_string();
+    std::fs::read_link(format!("/proc/{ppid}/exe"))
+        .expect("parent exe")
+        .display()
+        .to_string()
+}
 
 struct Fixture {
     d: Daemon,
@@ -39,24 +53,26 @@ impl Fixture {
         success(&self.berth(args), &format!("berth {args:?}"))
     }
 
-    /// `berth run --runtime <berth shim> --rootfs <busybox> OPTS ID CMD...`.
+    /// `berth run --rootfs <busybox> OPTS ID CMD...` (the default runtime: Berth's shim).
     fn run(&self, opts: &[&str], id: &str, cmd: &[&str]) -> std::process::Output {
         let root = self.rootfs.clone();
-        let mut args = vec!["run", "--runtime", BERTH_V2];
+        let mut args = vec!["run"];
         args.extend_from_slice(opts);
         args.extend_from_slice(&["--rootfs", &root, id]);
         args.extend_from_slice(cmd);
         self.berth(&args)
     }
 
-    /// The task's status in `berth --format json tasks ls`, if it has one.
-    fn status(&self, id: &str) -> Option<String> {
+    /// The task of `id` in `berth --format json tasks ls`, if it has one.
+    fn task(&self, id: &str) -> Option<serde_json::Value> {
         let out = self.ok(&["--format", "json", "tasks", "ls"]);
         let tasks: Vec<serde_json::Value> =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("tasks ls JSON: {e}: {out}"));
-        tasks
-            .iter()
-            .find(|t| t["container_id"] == id)
+        tasks.into_iter().find(|t| t["container_id"] == id)
+    }
+
+    fn status(&self, id: &str) -> Option<String> {
+        self.task(id)
             .and_then(|t| t["status"].as_str().map(str::to_string))
     }
 
@@ -148,6 +164,25 @@ async fn detached_task_exec_ps_kill_delete() {
         "berth run -d",
     );
     f.wait_status(&id, "running").await;
+
+    // `berth run` picks Berth's own shim unless told otherwise.
+    let pid = f
+        .task(&id)
+        .and_then(|t| t["pid"].as_u64())
+        .expect("task pid");
+    let shim = parent_exe(pid);
+    assert!(
+        shim.ends_with("containerd-shim-berth-v2"),
+        "init's parent is {shim}, not Berth's shim"
+    );
+
+    // The same id again: refused, and the running task is untouched.
+    let again = failure(&f.run(&[], &id, &["/bin/true"]), "berth run, same id");
+    assert!(
+        again.contains("AlreadyExists") && again.contains("already exists"),
+        "{again}"
+    );
+    assert_eq!(f.status(&id).as_deref(), Some("running"));
 
     // Metrics: the cgroup's figures, through our CLI and the stock ctr alike.
     let metrics = f.ok(&["tasks", "metrics", &id]);

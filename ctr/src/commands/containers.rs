@@ -147,30 +147,42 @@ pub(super) async fn remove(
         Err(s) => return Err(CallError::new(&what, &s).into()),
     }
     let c = get(api, id, &what).await?;
-    if !keep_snapshot && !c.snapshot_key.is_empty() {
+    let snapshot = (!keep_snapshot && !c.snapshot_key.is_empty())
+        .then_some((c.snapshotter.as_str(), c.snapshot_key.as_str()));
+    delete_with_snapshot(api, conn, id, snapshot, &what).await
+}
+
+/// Deletes container `id` and the snapshot (snapshotter, key) given, if any: the calls of a
+/// remove once it is known that no task runs.
+pub(super) async fn delete_with_snapshot(
+    api: &Api,
+    conn: &Conn,
+    id: &str,
+    snapshot: Option<(&str, &str)>,
+    what: &str,
+) -> anyhow::Result<()> {
+    if let Some((snapshotter, key)) = snapshot {
         match conn
             .snapshots()
             .remove(RemoveSnapshotRequest {
-                snapshotter: c.snapshotter.clone(),
-                key: c.snapshot_key.clone(),
+                snapshotter: snapshotter.to_string(),
+                key: key.to_string(),
             })
             .await
         {
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => {
-                return Err(CallError::new(
-                    format!("{what}: snapshot {} ({})", c.snapshot_key, c.snapshotter),
-                    &s,
+                return Err(
+                    CallError::new(format!("{what}: snapshot {key} ({snapshotter})"), &s).into(),
                 )
-                .into())
             }
         }
     }
     api.containers()
         .delete(DeleteContainerRequest { id: id.to_string() })
         .await
-        .ctx(&what)?;
+        .ctx(what)?;
     Ok(())
 }
 

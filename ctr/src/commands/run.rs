@@ -89,8 +89,9 @@ pub struct Args {
     /// Container label (key=value); repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
-    /// Runtime: io.containerd.runc.v2 (the stock runc shim) or io.containerd.berth.v2.
-    #[arg(long, default_value = "io.containerd.runc.v2")]
+    /// Runtime: io.containerd.berth.v2 (Berth's shim) or io.containerd.runc.v2 (the
+    /// stock runc shim, if installed).
+    #[arg(long, env = "BERTH_RUNTIME", default_value = "io.containerd.berth.v2")]
     runtime: String,
     /// Snapshotter (default: the namespace's default, else overlayfs).
     #[arg(long, env = "BERTH_SNAPSHOTTER", default_value = "")]
@@ -478,21 +479,25 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
 
     let (conn, api) = Api::connect(g).await?;
 
-    match api
-        .containers()
-        .get(GetContainerRequest { id: id.clone() })
-        .await
-    {
-        Ok(_) => {
-            return Err(CallError {
-                context: format!("run {id}"),
-                code: Code::AlreadyExists,
-                message: format!("container {id} already exists"),
+    // An image needs a snapshot before the container exists: check the id first so
+    // that a duplicate fails before any work. (On a directory, Create itself says so.)
+    if rootfs_dir.is_none() {
+        match api
+            .containers()
+            .get(GetContainerRequest { id: id.clone() })
+            .await
+        {
+            Ok(_) => {
+                return Err(CallError {
+                    context: format!("run {id}"),
+                    code: Code::AlreadyExists,
+                    message: format!("container {id} already exists"),
+                }
+                .into())
             }
-            .into())
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(CallError::new(format!("run {id}"), &s).into()),
         }
-        Err(s) if s.code() == Code::NotFound => {}
-        Err(s) => return Err(CallError::new(format!("run {id}"), &s).into()),
     }
 
     let source = match rootfs_dir {
@@ -546,7 +551,11 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         }
     };
     if a.rm {
-        super::containers::remove(&api, &conn, &id, false).await?;
+        // The task is gone (deleted on exit): remove what this run created.
+        let snapshot = created.snapshot.take();
+        let snapshot = snapshot.as_ref().map(|(s, k)| (s.as_str(), k.as_str()));
+        let what = format!("run --rm {id}");
+        super::containers::delete_with_snapshot(&api, &conn, &id, snapshot, &what).await?;
     }
     session::exit_with(status.unwrap_or(0))
 }
@@ -957,7 +966,7 @@ mod tests {
         assert_eq!(c.a.memory, Some(512 << 20));
         assert_eq!(c.a.cpus, Some(0.5));
         assert_eq!(c.a.pids_limit, Some(10));
-        assert_eq!(c.a.runtime, "io.containerd.runc.v2");
+        assert_eq!(c.a.runtime, "io.containerd.berth.v2");
         assert_eq!((c.a.image.as_str(), c.a.id.as_str()), ("img", "c1"));
         assert_eq!(c.a.command, ["sh", "-c", "echo hi"]);
         let c = Cli::try_parse_from(["run", "--memory-limit", "1048576", "img", "c2"]).unwrap();

@@ -72,52 +72,57 @@ pub fn binary_for(runtime: &str) -> Result<PathBuf, Status> {
         })
 }
 
-/// Creates the bundle: the spec as `config.json`, an empty `rootfs/`.
+/// Creates the bundle: the spec as `config.json`, an empty `rootfs/`. One blocking job (it
+/// is on the path of every task start; a job per file cost more than the files).
 pub async fn prepare_bundle(bundle: &Path, spec: &[u8], binary: &Path) -> Result<(), Status> {
+    serde_json::from_slice::<serde_json::Value>(spec)
+        .map_err(|e| Status::invalid_argument(format!("container spec is not valid JSON: {e}")))?;
+    let (b, spec, binary) = (bundle.to_path_buf(), spec.to_vec(), binary.to_path_buf());
+    let result = tokio::task::spawn_blocking(move || write_bundle(&b, &spec, &binary))
+        .await
+        .map_err(|e| Status::internal(format!("bundle {}: {e}", bundle.display())))?;
+    if let Err((created, status)) = result {
+        if created {
+            remove_bundle(bundle).await;
+        }
+        return Err(status);
+    }
+    Ok(())
+}
+
+/// The files of [`prepare_bundle`]; on error, whether the bundle directory was created
+/// (and so needs removing).
+fn write_bundle(bundle: &Path, spec: &[u8], binary: &Path) -> Result<(), (bool, Status)> {
     let io = |what: &str, e: std::io::Error| {
         Status::internal(format!("bundle {}: {what}: {e}", bundle.display()))
     };
-    serde_json::from_slice::<serde_json::Value>(spec)
-        .map_err(|e| Status::invalid_argument(format!("container spec is not valid JSON: {e}")))?;
     if let Some(parent) = bundle.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| io("create parent", e))?;
+        std::fs::create_dir_all(parent).map_err(|e| (false, io("create parent", e)))?;
     }
-    tokio::fs::create_dir(bundle)
-        .await
-        .map_err(|e| match e.kind() {
+    std::fs::create_dir(bundle).map_err(|e| {
+        let status = match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
                 Status::already_exists(format!("task bundle {} already exists", bundle.display()))
             }
             _ => io("create", e),
-        })?;
-    let result = async {
-        tokio::fs::create_dir(bundle.join("rootfs"))
-            .await
-            .map_err(|e| io("create rootfs", e))?;
-        tokio::fs::write(bundle.join("config.json"), spec)
-            .await
-            .map_err(|e| io("write config.json", e))?;
-        tokio::fs::write(
-            bundle.join(SHIM_BINARY_FILE),
-            binary.as_os_str().as_encoded_bytes(),
-        )
-        .await
-        .map_err(|e| io("write shim path", e))
-    }
-    .await;
-    if result.is_err() {
-        remove_bundle(bundle).await;
-    }
-    result
+        };
+        (false, status)
+    })?;
+    std::fs::create_dir(bundle.join("rootfs")).map_err(|e| (true, io("create rootfs", e)))?;
+    std::fs::write(bundle.join("config.json"), spec)
+        .map_err(|e| (true, io("write config.json", e)))?;
+    std::fs::write(
+        bundle.join(SHIM_BINARY_FILE),
+        binary.as_os_str().as_encoded_bytes(),
+    )
+    .map_err(|e| (true, io("write shim path", e)))
 }
 
 /// Removes a bundle, never crossing into a still-mounted rootfs.
 pub async fn remove_bundle(bundle: &Path) {
-    unmount_rootfs(bundle).await;
     let b = bundle.to_path_buf();
     let _ = tokio::task::spawn_blocking(move || {
+        detach_rootfs(&b);
         if let Err(e) = std::fs::remove_dir_all(&b) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(bundle = %b.display(), error = %e, "cannot remove bundle");
@@ -130,16 +135,18 @@ pub async fn remove_bundle(bundle: &Path) {
 /// Detaches whatever is still mounted on the bundle's rootfs (a shim that
 /// died before unmounting it).
 pub async fn unmount_rootfs(bundle: &Path) {
+    let b = bundle.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || detach_rootfs(&b)).await;
+}
+
+fn detach_rootfs(bundle: &Path) {
     let rootfs = bundle.join("rootfs");
-    let _ = tokio::task::spawn_blocking(move || {
-        // Stacked mounts: undo until nothing is left (bounded).
-        for _ in 0..16 {
-            if nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_err() {
-                break;
-            }
+    // Stacked mounts: undo until nothing is left (bounded).
+    for _ in 0..16 {
+        if nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
         }
-    })
-    .await;
+    }
 }
 
 /// Every `<ns>/<id>` bundle under the runtime root.

@@ -1,6 +1,6 @@
 //! Parsing of command-line values: `key=value` labels and durations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -19,14 +19,26 @@ pub fn labels<S: AsRef<str>>(args: &[S]) -> anyhow::Result<BTreeMap<String, Stri
     args.iter().map(|a| label(a.as_ref())).collect()
 }
 
-/// Parses label edits: `key=value` sets, `key=` removes (`None`).
-pub fn label_edits<S: AsRef<str>>(args: &[S]) -> anyhow::Result<BTreeMap<String, Option<String>>> {
-    args.iter()
-        .map(|a| {
-            let (k, v) = label(a.as_ref())?;
-            Ok((k, (!v.is_empty()).then_some(v)))
-        })
-        .collect()
+/// Label edits as an Update request carries them: `key=value` sets, `key=` removes.
+pub struct LabelUpdate {
+    /// The labels set.
+    pub labels: HashMap<String, String>,
+    /// `labels.<key>` for every key given: a key in the mask but not set is removed.
+    pub mask: prost_types::FieldMask,
+}
+
+/// Parses label edits (`key=value`, `key=`) into a [`LabelUpdate`].
+pub fn label_update<S: AsRef<str>>(args: &[S]) -> anyhow::Result<LabelUpdate> {
+    let edits = args
+        .iter()
+        .map(|a| label(a.as_ref()))
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    Ok(LabelUpdate {
+        mask: prost_types::FieldMask {
+            paths: edits.keys().map(|k| format!("labels.{k}")).collect(),
+        },
+        labels: edits.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+    })
 }
 
 const UNITS: &[(&str, f64)] = &[
@@ -117,11 +129,12 @@ mod tests {
     }
 
     #[test]
-    fn label_edits_remove_on_empty_value() {
-        let m = label_edits(&["keep=1", "drop="]).unwrap();
-        assert_eq!(m["keep"], Some("1".to_string()));
-        assert_eq!(m["drop"], None);
-        assert!(label_edits(&["bad"]).is_err());
+    fn label_update_removes_on_empty_value() {
+        let u = label_update(&["keep=1", "drop=", "keep=2"]).unwrap();
+        assert_eq!(u.labels.len(), 1);
+        assert_eq!(u.labels["keep"], "2");
+        assert_eq!(u.mask.paths, ["labels.drop", "labels.keep"]);
+        assert!(label_update(&["bad"]).is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Berth's own CLI running containers on berthd through `containerd-shim-berth-v2` (its
 //! default runtime) over real runc: `berth run --rm` on a root filesystem directory (output,
 //! exit codes, nothing left behind: container, runc state, cgroups), `--rootfs` misuse, and a
-//! detached task's life (which shim, a second run with its id refused, tasks ls, metrics (also
-//! through the stock ctr), exec, ps, kill, delete, containers rm).
+//! detached task's life (which shim, a second run with its id refused, container and namespace
+//! labels, tasks ls, metrics (also through the stock ctr), exec, ps, kill, delete, containers rm).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -183,6 +183,26 @@ async fn detached_task_exec_ps_kill_delete() {
         "{again}"
     );
     assert_eq!(f.status(&id).as_deref(), Some("running"));
+
+    // Labels: `k=v` sets, `k=` removes, others stay (container and namespace alike).
+    for (object, name) in [("containers", id.as_str()), ("namespaces", f.ns.as_str())] {
+        let labels = |args: &[&str]| {
+            let mut all = vec!["--format", "json", object, "label", name];
+            all.extend_from_slice(args);
+            let out: serde_json::Value =
+                serde_json::from_str(&f.ok(&all)).expect("label output is JSON");
+            out["labels"].clone()
+        };
+        let set = labels(&["a=1", "b=2"]);
+        assert_eq!((&set["a"], &set["b"]), (&"1".into(), &"2".into()), "{set}");
+        let after = labels(&["a=", "c=3"]);
+        assert!(after.get("a").is_none(), "a not removed: {after}");
+        assert_eq!(
+            (&after["b"], &after["c"]),
+            (&"2".into(), &"3".into()),
+            "{after}"
+        );
+    }
 
     // Metrics: the cgroup's figures, through our CLI and the stock ctr alike.
     let metrics = f.ok(&["tasks", "metrics", &id]);

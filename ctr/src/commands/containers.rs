@@ -73,23 +73,17 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Label { id, labels } => {
-            let edits = parse::label_edits(&labels)?;
-            let update_mask = prost_types::FieldMask {
-                paths: edits.keys().map(|k| format!("labels.{k}")).collect(),
-            };
+            let update = parse::label_update(&labels)?;
             let container = Container {
                 id: id.clone(),
-                labels: edits
-                    .into_iter()
-                    .filter_map(|(k, v)| v.map(|v| (k, v)))
-                    .collect(),
+                labels: update.labels,
                 ..Default::default()
             };
             let c = api
                 .containers()
                 .update(UpdateContainerRequest {
                     container: Some(container),
-                    update_mask: Some(update_mask),
+                    update_mask: Some(update.mask),
                 })
                 .await
                 .ctx(format_args!("containers label {id}"))?

@@ -126,24 +126,18 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Label { digest, labels } => {
-            let edits = parse::label_edits(&labels)?;
+            let update = parse::label_update(&labels)?;
             let conn = client::connect(g).await?;
-            let update_mask = prost_types::FieldMask {
-                paths: edits.keys().map(|k| format!("labels.{k}")).collect(),
-            };
             let info = Info {
                 digest: digest.clone(),
-                labels: edits
-                    .into_iter()
-                    .filter_map(|(k, v)| v.map(|v| (k, v)))
-                    .collect(),
+                labels: update.labels,
                 ..Default::default()
             };
             let info = conn
                 .content()
                 .update(UpdateRequest {
                     info: Some(info),
-                    update_mask: Some(update_mask),
+                    update_mask: Some(update.mask),
                 })
                 .await
                 .ctx(format_args!("content label {digest}"))?

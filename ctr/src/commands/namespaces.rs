@@ -62,23 +62,16 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             show_one(g, &ns)
         }
         Command::Label { name, labels } => {
-            let edits = parse::label_edits(&labels)?;
+            let update = parse::label_update(&labels)?;
             let conn = client::connect(g).await?;
-            let update_mask = prost_types::FieldMask {
-                paths: edits.keys().map(|k| format!("labels.{k}")).collect(),
-            };
-            let labels = edits
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .collect();
             let ns = conn
                 .namespaces()
                 .update(UpdateNamespaceRequest {
                     namespace: Some(Namespace {
                         name: name.clone(),
-                        labels,
+                        labels: update.labels,
                     }),
-                    update_mask: Some(update_mask),
+                    update_mask: Some(update.mask),
                 })
                 .await
                 .ctx(format_args!("namespaces label {name}"))?

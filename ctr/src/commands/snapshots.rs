@@ -210,17 +210,11 @@ pub async fn run(g: &Global, args: Args) -> anyhow::Result<()> {
         }
         Command::Usage { bytes, keys } => usage(g, &sn, bytes, keys).await,
         Command::Label { key, labels } => {
-            let edits = parse::label_edits(&labels)?;
+            let update = parse::label_update(&labels)?;
             let conn = client::connect(g).await?;
-            let update_mask = prost_types::FieldMask {
-                paths: edits.keys().map(|k| format!("labels.{k}")).collect(),
-            };
             let info = Info {
                 name: key.clone(),
-                labels: edits
-                    .into_iter()
-                    .filter_map(|(k, v)| v.map(|v| (k, v)))
-                    .collect(),
+                labels: update.labels,
                 ..Default::default()
             };
             let info = conn
@@ -228,7 +222,7 @@ pub async fn run(g: &Global, args: Args) -> anyhow::Result<()> {
                 .update(UpdateSnapshotRequest {
                     snapshotter: sn,
                     info: Some(info),
-                    update_mask: Some(update_mask),
+                    update_mask: Some(update.mask),
                 })
                 .await
                 .ctx(format_args!("snapshots label {key}"))?

@@ -175,18 +175,13 @@ fn compact_lowerdirs(data: &[String]) -> Option<(PathBuf, Vec<String>)> {
 /// containerd's `allowedHelperBinaries`.
 const FUSE_HELPERS: [(&str, &str); 2] = [("mount.fuse", "fuse."), ("mount.fuse3", "fuse3.")];
 
-/// Mounts `m` through the FUSE mount helper for `prefix`.
-fn mount_with_helper(m: &Mount, helper: &str, prefix: &str, target: &Path) -> Result<()> {
-    let mut cmd = std::process::Command::new(helper);
-    cmd.arg(&m.source).arg(target);
-    for o in &m.options {
-        cmd.arg("-o").arg(o);
-    }
-    cmd.arg("-t").arg(&m.kind[prefix.len()..]);
+/// Runs the FUSE mount helper command `cmd` for `m`.
+fn mount_with_helper(m: &Mount, mut cmd: std::process::Command, target: &Path) -> Result<()> {
+    let helper = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| Error::io("run mount helper", helper, e))?;
+        .map_err(|e| Error::io("run mount helper", &helper, e))?;
     if !out.status.success() {
         return Err(Error::io(
             "mount",
@@ -204,12 +199,26 @@ fn mount_with_helper(m: &Mount, helper: &str, prefix: &str, target: &Path) -> Re
 }
 
 impl Mount {
+    /// For a FUSE type, the mount helper's command line that mounts this on `target`
+    /// (containerd's arguments: `HELPER SOURCE TARGET -o OPT... -t TYPE`); the caller runs
+    /// it. None for a kernel filesystem.
+    pub fn fuse_command(&self, target: &Path) -> Option<std::process::Command> {
+        let (helper, fstype) = FUSE_HELPERS
+            .iter()
+            .find_map(|(helper, prefix)| Some((*helper, self.kind.strip_prefix(prefix)?)))?;
+        let mut cmd = std::process::Command::new(helper);
+        cmd.arg(&self.source).arg(target);
+        for o in &self.options {
+            cmd.arg("-o").arg(o);
+        }
+        cmd.arg("-t").arg(fstype);
+        Some(cmd)
+    }
+
     /// Mounts this one mount on `target`.
     pub fn mount(&self, target: &Path) -> Result<()> {
-        for (helper, prefix) in FUSE_HELPERS {
-            if self.kind.starts_with(prefix) {
-                return mount_with_helper(self, helper, prefix, target);
-            }
+        if let Some(cmd) = self.fuse_command(target) {
+            return mount_with_helper(self, cmd, target);
         }
         let opts = parse_options(&self.options);
         let mut flags = opts.flags;

@@ -1,5 +1,5 @@
-//! Tasks over gRPC with specs from `berth-oci`: hostname, crun through
-//! Berth's shim, and bad input that must leave nothing behind.
+//! Tasks over gRPC with specs from `berth-oci`: hostname, a rootfs overlay of many layers,
+//! crun through Berth's shim, and bad input that must leave nothing behind.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -90,8 +90,14 @@ impl Env {
         }]
     }
 
-    /// Creates, starts and waits for the task; returns (exit status, stdout).
+    /// Creates (on the busybox bind mount), starts and waits for the task; returns (exit
+    /// status, stdout).
     async fn run_task(&self, id: &str) -> (u32, String) {
+        self.run_task_on(id, self.rootfs_mount()).await
+    }
+
+    /// [`Env::run_task`] on the root filesystem `rootfs`.
+    async fn run_task_on(&self, id: &str, rootfs: Vec<Mount>) -> (u32, String) {
         // Drain both FIFOs (the stock shim needs stderr too).
         let drain = |name: &str| {
             let fifo = self.dir.path().join(format!("{id}.{name}"));
@@ -113,7 +119,7 @@ impl Env {
         tasks
             .create(CreateTaskRequest {
                 container_id: id.into(),
-                rootfs: self.rootfs_mount(),
+                rootfs,
                 stdout: fifo.display().to_string(),
                 stderr: err_fifo.display().to_string(),
                 ..Default::default()
@@ -177,6 +183,62 @@ async fn hostname_is_set_with_the_runc_shim() {
 #[tokio::test]
 async fn hostname_is_set_with_the_berth_shim() {
     hostname_is_set("io.containerd.berth.v2").await;
+}
+
+/// A rootfs of many layers: the overlay's `lowerdir=` option is longer than the page the
+/// kernel takes mount data in, so it must be given relative to the layers' common parent
+/// (as containerd does); the mount is the shim's.
+async fn deep_overlay_rootfs(runtime: &str) {
+    let env = Env::new().await;
+    let base = env.dir.path().join("x".repeat(200));
+    let bottom = busybox_rootfs(&base.join("0"));
+    let mut lower: Vec<String> = (1..40)
+        .rev()
+        .map(|n| {
+            let layer = base.join(n.to_string()).join("rootfs");
+            std::fs::create_dir_all(&layer).expect("layer dir");
+            layer.display().to_string()
+        })
+        .collect();
+    std::fs::write(base.join("39/rootfs/top"), "from the top layer\n").expect("top file");
+    lower.push(bottom.display().to_string());
+    let (upper, work) = (base.join("upper"), base.join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).expect("overlay dir");
+    }
+    let options = vec![
+        format!("workdir={}", work.display()),
+        format!("upperdir={}", upper.display()),
+        format!("lowerdir={}", lower.join(":")),
+    ];
+    assert!(options.join(",").len() > 4096, "lowerdir fits in a page");
+
+    let id = format!("o{}", random_id());
+    let spec = env.spec(&id, &["/bin/sh", "-c", "cat /top; echo w > /new"], None);
+    env.create_container(&id, runtime, None, spec).await;
+    let overlay = vec![Mount {
+        r#type: "overlay".into(),
+        source: "overlay".into(),
+        target: String::new(),
+        options,
+    }];
+    let (status, out) = env.run_task_on(&id, overlay).await;
+    assert_eq!((status, out.trim()), (0, "from the top layer"));
+    assert_eq!(
+        std::fs::read_to_string(upper.join("new")).expect("write reached the upper dir"),
+        "w\n"
+    );
+    assert_eq!(env.bundles_left(), 0);
+}
+
+#[tokio::test]
+async fn deep_overlay_rootfs_with_the_berth_shim() {
+    deep_overlay_rootfs("io.containerd.berth.v2").await;
+}
+
+#[tokio::test]
+async fn deep_overlay_rootfs_with_the_runc_shim() {
+    deep_overlay_rootfs("io.containerd.runc.v2").await;
 }
 
 /// crun refuses hybrid cgroup hosts on its own; Berth's shim hides the

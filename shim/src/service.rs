@@ -657,6 +657,13 @@ impl TaskService {
 
     fn state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
         let st = self.lock();
+        if st.creating.contains(&req.id) {
+            // Not NotFound: a daemon restarting mid-create must not take this shim for empty.
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("container {} is being created", req.id),
+            ));
+        }
         let c = st.container(&req.id)?;
         Ok(c.process(&req.exec_id)?.state(c))
     }

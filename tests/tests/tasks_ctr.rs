@@ -1,7 +1,7 @@
 //! Tasks through the stock `ctr`, once with the stock `containerd-shim-runc-v2`
 //! and once with Berth's `containerd-shim-berth-v2` (both over real runc):
 //! run, exit codes, exec, ps, pause/resume, kill, delete, what the container
-//! sees, and survival of a daemon SIGKILL.
+//! sees, survival of a daemon SIGKILL, and clean-up of a shim left without a task.
 //!
 //! Containers use `ctr run --rootfs DIR` (a busybox tree), so these tests need
 //! no image service.
@@ -435,6 +435,64 @@ async fn dead_shim_is_cleaned_up(runtime: &'static str) {
     f.ok(&["containers", "rm", &id]);
 }
 
+/// A shim the daemon started but whose task it never created (the daemon died in between):
+/// the next daemon finds it on start-up with no task, stops it and removes its bundle (as
+/// containerd does), so the id can run again.
+async fn shim_without_a_task_is_removed_on_restart(runtime: &'static str) {
+    let mut f = Fixture::new(runtime).await;
+    let id = format!("orphan{}", random_id());
+    f.d.kill9();
+    let bundle =
+        f.d.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(&f.ns)
+            .join(&id);
+    std::fs::create_dir_all(bundle.join("rootfs")).expect("bundle");
+    std::fs::write(bundle.join("config.json"), "{}").expect("config.json");
+    let binary = match runtime {
+        RUNC_V2 => PathBuf::from(SHIM),
+        _ => Daemon::binary("containerd-shim-berth-v2"),
+    };
+    let socket = f.d.socket();
+    let out = std::process::Command::new(&binary)
+        .args(["-namespace", &f.ns, "-id", &id, "-address"])
+        .arg(&socket)
+        .arg("-publish-binary")
+        .arg(Daemon::binary("berthd"))
+        .arg("start")
+        .current_dir(&bundle)
+        .env("TTRPC_ADDRESS", format!("{}.ttrpc", socket.display()))
+        .env("GRPC_ADDRESS", &socket)
+        .env("NAMESPACE", &f.ns)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("shim start");
+    assert!(out.status.success(), "shim start: {out:?}");
+    let shim_of_id = || {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .any(|c| c.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
+    };
+    assert!(shim_of_id(), "no shim serving {id}");
+
+    f.d.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shim_of_id() || bundle.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "shim without a task left (running: {}, bundle: {})",
+            shim_of_id(),
+            bundle.exists()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!f.ok(&["tasks", "ls"]).contains(&id));
+    let root = f.rootfs().to_string();
+    let out = f.ok(&["run", "--rm", "--rootfs", &root, &id, "/bin/echo", "again"]);
+    assert_eq!(out.trim(), "again");
+}
+
 async fn bad_task_requests_fail_cleanly(runtime: &'static str) {
     let f = Fixture::new(runtime).await;
     let err = failure(
@@ -483,6 +541,7 @@ per_runtime!(
     ten_containers_survive_sigterm,
     ten_containers_survive_sigkill,
     dead_shim_is_cleaned_up,
+    shim_without_a_task_is_removed_on_restart,
     run_rm_prints_and_propagates_exit_codes,
     container_sees_its_own_world,
     memory_limit_lands_in_the_cgroup,

@@ -243,8 +243,17 @@ impl RuntimeManager {
     }
 
     async fn restore_one(self: &Arc<Self>, ns: String, id: String, bundle: PathBuf) {
-        match tokio::time::timeout(RECONNECT_TIMEOUT, Shim::reconnect(&id, &bundle)).await {
-            Ok(Ok(shim)) => {
+        let deadline = tokio::time::Instant::now() + RECONNECT_TIMEOUT;
+        match tokio::time::timeout_at(deadline, Shim::reconnect(&id, &bundle)).await {
+            Ok(Ok((shim, task_pid))) => {
+                if task_pid == 0 && !shim.has_task(deadline).await {
+                    // Started, but the previous daemon died before its task was created (as
+                    // containerd, which cleans such leaked shims up): no task, no events.
+                    tracing::info!(namespace = %ns, id = %id, "shim without a task; removing it");
+                    shim.shutdown().await;
+                    shim::remove_bundle(&bundle).await;
+                    return;
+                }
                 tracing::info!(namespace = %ns, id = %id, "reconnected to shim");
                 self.register(&ns, &id, Arc::new(shim));
             }

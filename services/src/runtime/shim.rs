@@ -306,8 +306,8 @@ impl Shim {
     }
 
     /// Reconnects to the shim serving `bundle` (its `address` file) and
-    /// checks that it answers.
-    pub async fn reconnect(id: &str, bundle: &Path) -> Result<Shim, Status> {
+    /// checks that it answers; also returns the pid of its task (0: none).
+    pub async fn reconnect(id: &str, bundle: &Path) -> Result<(Shim, u32), Status> {
         let address = tokio::fs::read_to_string(bundle.join("address"))
             .await
             .map_err(|e| Status::not_found(format!("shim address: {e}")))?;
@@ -315,15 +315,40 @@ impl Shim {
             .await
             .map_err(to_status)?
             .with_timeout(CALL_TIMEOUT);
-        client
+        let connected = client
             .connect_shim(&shimapi::ConnectRequest { id: id.to_string() })
             .await
             .map_err(to_status)?;
-        Ok(Shim {
+        let shim = Shim {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
             client,
-        })
+        };
+        Ok((shim, connected.task_pid))
+    }
+
+    /// Whether the shim holds a task, asked until `deadline` while a create is still in
+    /// flight there. No only on the shim's NotFound: anything else keeps the task.
+    pub async fn has_task(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let state = self
+                .client
+                .state(&shimapi::StateRequest {
+                    id: self.id.clone(),
+                    exec_id: String::new(),
+                })
+                .await
+                .map_err(to_status);
+            match state {
+                Err(s) if s.code() == Code::NotFound => return false,
+                Err(s)
+                    if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return true,
+            }
+        }
     }
 
     /// Asks the shim to exit (it has no task left). The connection closing

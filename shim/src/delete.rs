@@ -32,7 +32,7 @@ pub fn delete(args: &Args) -> Result<DeleteResponse> {
         Ok(out) if !out.status.success() => {
             let msg = String::from_utf8_lossy(&out.stderr);
             if !msg.contains("does not exist") && !msg.contains("not found") {
-                eprintln!(
+                log_line!(
                     "{} delete --force {}: {}",
                     config.binary,
                     args.id,
@@ -41,10 +41,10 @@ pub fn delete(args: &Args) -> Result<DeleteResponse> {
             }
         }
         Ok(_) => {}
-        Err(e) => eprintln!("run {}: {e}", config.binary),
+        Err(e) => log_line!("run {}: {e}", config.binary),
     }
     if let Err(e) = crate::mount::unmount_all(&bundle.join("rootfs")) {
-        eprintln!("unmount rootfs: {e}");
+        log_line!("unmount rootfs: {e}");
     }
     let pid = std::fs::read_to_string(bundle.join(INIT_PID_FILE))
         .ok()

@@ -87,7 +87,7 @@ async fn forward(
                 match c.forward(&req, CALL_TIMEOUT).await {
                     Ok(()) => break,
                     Err(e) => {
-                        eprintln!("forward event to {address}: {e}");
+                        log_line!("forward event to {address}: {e}");
                         client = None;
                     }
                 }

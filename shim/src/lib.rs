@@ -8,6 +8,16 @@
 //! single-threaded; events leave in the order they were published; exits of init processes
 //! are recorded in the bundle (`exit-status.json`) before they are published.
 
+/// A line on stderr, which is the bundle's `log` FIFO while serving. A failed write (no
+/// reader while the daemon restarts: EPIPE) is dropped: `eprintln!` would panic, killing
+/// the task that logs (e.g. the event forwarder).
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod metrics;
 pub use berth_ttrpc as ttrpc;
 
@@ -43,7 +53,7 @@ pub fn run() -> i32 {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("containerd-shim-berth-v2: {e}");
+            log_line!("containerd-shim-berth-v2: {e}");
             return 2;
         }
     };
@@ -52,7 +62,7 @@ pub fn run() -> i32 {
         return 0;
     }
     if args.namespace.is_empty() {
-        eprintln!("containerd-shim-berth-v2: shim namespace cannot be empty");
+        log_line!("containerd-shim-berth-v2: shim namespace cannot be empty");
         return 1;
     }
     let result = match args.action.as_str() {
@@ -75,7 +85,7 @@ pub fn run() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("containerd-shim-berth-v2: {e}");
+            log_line!("containerd-shim-berth-v2: {e}");
             1
         }
     }

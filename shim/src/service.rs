@@ -276,7 +276,7 @@ impl TaskService {
         p.exit = Some(record);
         if p.exec_id.is_empty() {
             if let Err(e) = record.save(bundle) {
-                eprintln!("record exit status in {}: {e}", bundle.display());
+                log_line!("record exit status in {}: {e}", bundle.display());
             }
         }
         p.exit_tx.send_replace(Some(record));
@@ -355,7 +355,7 @@ impl TaskService {
         let pid = container.init.pid;
         match crate::oom::watch(&req.id, pid, self.publisher.clone()) {
             Ok(w) => container.oom = w,
-            Err(e) => eprintln!("watch OOM events of {}: {e}", req.id),
+            Err(e) => log_line!("watch OOM events of {}: {e}", req.id),
         }
         st.containers.insert(req.id.clone(), container);
         self.publisher.publish(

@@ -306,8 +306,10 @@ impl Shim {
     }
 
     /// Reconnects to the shim serving `bundle` (its `address` file) and
-    /// checks that it answers; also returns the pid of its task (0: none).
+    /// checks that it answers; also returns the pid of its task (0: none). Its
+    /// log is read again, as after a start.
     pub async fn reconnect(id: &str, bundle: &Path) -> Result<(Shim, u32), Status> {
+        forward_shim_log(bundle, id).await;
         let address = tokio::fs::read_to_string(bundle.join("address"))
             .await
             .map_err(|e| Status::not_found(format!("shim address: {e}")))?;

@@ -239,6 +239,9 @@ impl Tasks for TasksService {
         if req.exec_id.is_empty() {
             return Err(Status::invalid_argument("exec id must not be empty"));
         }
+        // containerd's rule for exec ids too: they name files in the bundle and FIFOs.
+        berth_metadata::validate::validate_identifier("exec id", &req.exec_id)
+            .map_err(crate::error::to_status)?;
         let spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("process spec must be set"))?;

@@ -1,5 +1,6 @@
 //! Tasks over gRPC with specs from `berth-oci`: hostname, a rootfs overlay of many layers,
-//! crun through Berth's shim, and bad input that must leave nothing behind.
+//! crun through Berth's shim, and bad input (specs, rootfs, duplicate ids, exec ids) that must
+//! leave nothing behind.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,8 @@ use berth_proto::containerd::services::containers::v1::{
     container::Runtime, containers_client::ContainersClient, Container, CreateContainerRequest,
 };
 use berth_proto::containerd::services::tasks::v1::{
-    tasks_client::TasksClient, CreateTaskRequest, DeleteTaskRequest, StartRequest, WaitRequest,
+    tasks_client::TasksClient, CreateTaskRequest, DeleteTaskRequest, ExecProcessRequest,
+    StartRequest, WaitRequest,
 };
 use berth_proto::containerd::types::Mount;
 use berth_tests::{busybox_rootfs, expect_code, random_id, Ctx, Daemon, Svc};
@@ -352,6 +354,26 @@ async fn bad_tasks_leave_nothing_behind() {
         Code::AlreadyExists,
         &["already exists"],
     );
+
+    // Exec ids follow containerd's identifier rule (they name files in the bundle).
+    for bad in ["../../evil", "a/b", &"x".repeat(77)] {
+        expect_code(
+            tasks
+                .exec(ExecProcessRequest {
+                    container_id: id.clone(),
+                    exec_id: bad.to_string(),
+                    spec: Some(prost_types::Any {
+                        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process"
+                            .into(),
+                        value: br#"{"args":["/bin/true"],"cwd":"/"}"#.to_vec(),
+                    }),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            &["exec id"],
+        );
+    }
     tasks
         .delete(DeleteTaskRequest {
             container_id: id.clone(),

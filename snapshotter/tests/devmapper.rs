@@ -40,9 +40,10 @@ fn attached_below(root: &Path) -> Vec<loopdev::Attached> {
 }
 
 /// [`attached_below`] once the devices released are gone: the kernel detaches an autoclear
-/// device from a work item after its last close, so wait for that (up to 5 s).
+/// device from a work item after its last close, so wait for that (up to 30 s: with the
+/// suite's tests in parallel on a loaded 2-core machine, 5 s was once not enough).
 fn detached_below(root: &Path) -> Vec<loopdev::Attached> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = attached_below(root);
         if left.is_empty() || Instant::now() > deadline {

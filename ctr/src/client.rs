@@ -6,11 +6,13 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _};
 use berth_proto::containerd::services::{
+    containers::v1::containers_client::ContainersClient,
     content::v1::content_client::ContentClient, diff::v1::diff_client::DiffClient,
     events::v1::events_client::EventsClient, images::v1::images_client::ImagesClient,
     introspection::v1::introspection_client::IntrospectionClient,
     leases::v1::leases_client::LeasesClient, namespaces::v1::namespaces_client::NamespacesClient,
-    snapshots::v1::snapshots_client::SnapshotsClient, version::v1::version_client::VersionClient,
+    snapshots::v1::snapshots_client::SnapshotsClient, tasks::v1::tasks_client::TasksClient,
+    version::v1::version_client::VersionClient,
 };
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -80,6 +82,7 @@ macro_rules! clients {
 
 impl Conn {
     clients! {
+        containers => ContainersClient,
         content => ContentClient,
         diff => DiffClient,
         images => ImagesClient,
@@ -88,12 +91,8 @@ impl Conn {
         leases => LeasesClient,
         namespaces => NamespacesClient,
         snapshots => SnapshotsClient,
+        tasks => TasksClient,
         version => VersionClient,
-    }
-
-    /// The channel and the request metadata, for clients of other services.
-    pub fn parts(&self) -> (Channel, Meta) {
-        (self.channel.clone(), self.meta.clone())
     }
 
     /// The same connection, with new content held by `lease` (if any).

@@ -9,8 +9,7 @@ use berth_proto::containerd::services::tasks::v1::GetRequest;
 use serde_json::{json, Value};
 use tonic::Code;
 
-use super::tasks::session::Api;
-use crate::client::Conn;
+use crate::client::{self, Conn};
 use crate::error::{CallError, CallExt};
 use crate::output::{self, Format, Table};
 use crate::{parse, Global};
@@ -50,11 +49,11 @@ pub enum Command {
 }
 
 pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
-    let (conn, api) = Api::connect(g).await?;
+    let conn = client::connect(g).await?;
     match command {
-        Command::Ls { quiet, filters } => ls(g, &api, quiet, filters).await,
+        Command::Ls { quiet, filters } => ls(g, &conn, quiet, filters).await,
         Command::Info { id, spec } => {
-            let c = get(&api, &id, &format!("containers info {id}")).await?;
+            let c = get(&conn, &id, &format!("containers info {id}")).await?;
             let v = to_json(&c);
             if spec {
                 output::json(&v["spec"])?;
@@ -64,9 +63,9 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rm { keep_snapshot, ids } => {
-            let (api, conn) = (&api, &conn);
+            let conn = &conn;
             super::for_each(ids, |id| async move {
-                remove(api, conn, &id, keep_snapshot).await?;
+                remove(conn, &id, keep_snapshot).await?;
                 output::line(&id)?;
                 Ok(())
             })
@@ -79,7 +78,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 labels: update.labels,
                 ..Default::default()
             };
-            let c = api
+            let c = conn
                 .containers()
                 .update(UpdateContainerRequest {
                     container: Some(container),
@@ -99,8 +98,8 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
     }
 }
 
-pub(super) async fn get(api: &Api, id: &str, what: &str) -> anyhow::Result<Container> {
-    Ok(api
+pub(super) async fn get(conn: &Conn, id: &str, what: &str) -> anyhow::Result<Container> {
+    Ok(conn
         .containers()
         .get(GetContainerRequest { id: id.to_string() })
         .await
@@ -112,14 +111,9 @@ pub(super) async fn get(api: &Api, id: &str, what: &str) -> anyhow::Result<Conta
 
 /// Removes a container like containerd's `Delete(WithSnapshotCleanup)`: refused while it has
 /// a task; its snapshot goes first (unless kept), then the record.
-pub(super) async fn remove(
-    api: &Api,
-    conn: &Conn,
-    id: &str,
-    keep_snapshot: bool,
-) -> anyhow::Result<()> {
+pub(super) async fn remove(conn: &Conn, id: &str, keep_snapshot: bool) -> anyhow::Result<()> {
     let what = format!("containers rm {id}");
-    match api
+    match conn
         .tasks()
         .get(GetRequest {
             container_id: id.to_string(),
@@ -140,16 +134,15 @@ pub(super) async fn remove(
         Err(s) if s.code() == Code::NotFound => {}
         Err(s) => return Err(CallError::new(&what, &s).into()),
     }
-    let c = get(api, id, &what).await?;
+    let c = get(conn, id, &what).await?;
     let snapshot = (!keep_snapshot && !c.snapshot_key.is_empty())
         .then_some((c.snapshotter.as_str(), c.snapshot_key.as_str()));
-    delete_with_snapshot(api, conn, id, snapshot, &what).await
+    delete_with_snapshot(conn, id, snapshot, &what).await
 }
 
 /// Deletes container `id` and the snapshot (snapshotter, key) given, if any: the calls of a
 /// remove once it is known that no task runs.
 pub(super) async fn delete_with_snapshot(
-    api: &Api,
     conn: &Conn,
     id: &str,
     snapshot: Option<(&str, &str)>,
@@ -173,15 +166,15 @@ pub(super) async fn delete_with_snapshot(
             }
         }
     }
-    api.containers()
+    conn.containers()
         .delete(DeleteContainerRequest { id: id.to_string() })
         .await
         .ctx(what)?;
     Ok(())
 }
 
-async fn ls(g: &Global, api: &Api, quiet: bool, filters: Vec<String>) -> anyhow::Result<()> {
-    let mut containers = api
+async fn ls(g: &Global, conn: &Conn, quiet: bool, filters: Vec<String>) -> anyhow::Result<()> {
+    let mut containers = conn
         .containers()
         .list(ListContainersRequest { filters })
         .await

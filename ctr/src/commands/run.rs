@@ -26,9 +26,9 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
-use super::tasks::session::{self, Api};
+use super::tasks::session;
 use super::tasks::{self, stdio, NewTask};
-use crate::client::Conn;
+use crate::client::{self, Conn};
 use crate::error::{CallError, CallExt};
 use crate::Global;
 
@@ -434,9 +434,12 @@ struct Created {
 }
 
 impl Created {
-    async fn undo(&mut self, conn: &Conn, api: &Api) {
+    async fn undo(&mut self, conn: &Conn) {
         if let Some(id) = self.container.take() {
-            let _ = api.containers().delete(DeleteContainerRequest { id }).await;
+            let _ = conn
+                .containers()
+                .delete(DeleteContainerRequest { id })
+                .await;
         }
         if let Some((snapshotter, key)) = self.snapshot.take() {
             let _ = conn
@@ -477,12 +480,12 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         false => None,
     };
 
-    let (conn, api) = Api::connect(g).await?;
+    let conn = client::connect(g).await?;
 
     // An image needs a snapshot before the container exists: check the id first so
     // that a duplicate fails before any work. (On a directory, Create itself says so.)
     if rootfs_dir.is_none() {
-        match api
+        match conn
             .containers()
             .get(GetContainerRequest { id: id.clone() })
             .await
@@ -502,7 +505,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
 
     let source = match rootfs_dir {
         Some(dir) => Source::Dir(dir),
-        None => image_source(g, &a, &conn, &api).await?,
+        None => image_source(g, &a, &conn).await?,
     };
 
     let mut created = Created::default();
@@ -510,7 +513,6 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         g,
         &a,
         &conn,
-        &api,
         &mut created,
         CreateInputs {
             source: &source,
@@ -522,7 +524,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
     let rootfs = match result {
         Ok(mounts) => mounts,
         Err(e) => {
-            created.undo(&conn, &api).await;
+            created.undo(&conn).await;
             return Err(e);
         }
     };
@@ -530,7 +532,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
 
     let mut started = false;
     let status = tasks::start(
-        &api,
+        &conn,
         NewTask {
             id: &id,
             rootfs,
@@ -545,7 +547,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             if !started || a.rm {
-                created.undo(&conn, &api).await;
+                created.undo(&conn).await;
             }
             return Err(e);
         }
@@ -555,7 +557,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         let snapshot = created.snapshot.take();
         let snapshot = snapshot.as_ref().map(|(s, k)| (s.as_str(), k.as_str()));
         let what = format!("run --rm {id}");
-        super::containers::delete_with_snapshot(&api, &conn, &id, snapshot, &what).await?;
+        super::containers::delete_with_snapshot(&conn, &id, snapshot, &what).await?;
     }
     session::exit_with(status.unwrap_or(0))
 }
@@ -593,14 +595,14 @@ fn rootfs_dir(a: &Args) -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// Resolves the image: its config for this platform and the snapshot its layers unpack to.
-async fn image_source(g: &Global, a: &Args, conn: &Conn, api: &Api) -> anyhow::Result<Source> {
+async fn image_source(g: &Global, a: &Args, conn: &Conn) -> anyhow::Result<Source> {
     let id = &a.id;
     let platform = match &a.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
     let snapshotter = snapshotter_name(conn, g, &a.snapshotter).await;
-    let image = api
+    let image = conn
         .images()
         .get(GetImageRequest {
             name: a.image.clone(),
@@ -668,7 +670,6 @@ async fn create(
     g: &Global,
     a: &Args,
     conn: &Conn,
-    api: &Api,
     created: &mut Created,
     i: CreateInputs<'_>,
 ) -> anyhow::Result<Vec<Mount>> {
@@ -747,7 +748,7 @@ async fn create(
         .entry(STOP_SIGNAL_LABEL.to_string())
         .or_insert(stop_signal);
 
-    api.containers()
+    conn.containers()
         .create(CreateContainerRequest {
             container: Some(Container {
                 id: id.clone(),

@@ -22,8 +22,9 @@ use prost::Message as _;
 use serde_json::{json, Value};
 use tonic::Code;
 
-use self::session::{Api, Target};
+use self::session::Target;
 use self::stdio::{Fifos, Paths};
+use crate::client::{self, Conn};
 use crate::error::{CallError, CallExt};
 use crate::output::{self, Format, Table};
 use crate::Global;
@@ -117,15 +118,15 @@ pub struct ExecArgs {
 }
 
 pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
-    let (conn, api) = Api::connect(g).await?;
+    let conn = client::connect(g).await?;
     match command {
-        Command::Ls { quiet, filter } => ls(g, &api, quiet, filter.unwrap_or_default()).await,
+        Command::Ls { quiet, filter } => ls(g, &conn, quiet, filter.unwrap_or_default()).await,
         Command::Start {
             detach,
             null_io,
             container,
         } => {
-            let c = api
+            let c = conn
                 .containers()
                 .get(GetContainerRequest {
                     id: container.clone(),
@@ -154,7 +155,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             };
             let mut started = false;
             let status = start(
-                &api,
+                &conn,
                 NewTask {
                     id: &container,
                     rootfs,
@@ -179,7 +180,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 container_id: container.clone(),
                 exec_id: exec_id.clone(),
             };
-            api.tasks()
+            conn.tasks()
                 .kill(KillRequest {
                     container_id: container,
                     exec_id,
@@ -191,12 +192,12 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Exec(args) => {
-            let status = exec(&api, args).await?;
+            let status = exec(&conn, args).await?;
             session::exit_with(status.unwrap_or(0))
         }
-        Command::Ps { container } => ps(g, &api, &container).await,
+        Command::Ps { container } => ps(g, &conn, &container).await,
         Command::Pause { container } => {
-            api.tasks()
+            conn.tasks()
                 .pause(PauseTaskRequest {
                     container_id: container.clone(),
                 })
@@ -205,7 +206,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Resume { container } => {
-            api.tasks()
+            conn.tasks()
                 .resume(ResumeTaskRequest {
                     container_id: container.clone(),
                 })
@@ -213,9 +214,9 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 .ctx(format_args!("tasks resume {container}"))?;
             Ok(())
         }
-        Command::Metrics { container } => show_metrics(g, &api, &container).await,
+        Command::Metrics { container } => show_metrics(g, &conn, &container).await,
         Command::Attach { container } => {
-            let status = attach(&api, &container).await?;
+            let status = attach(&conn, &container).await?;
             session::exit_with(status)
         }
         Command::Delete {
@@ -224,7 +225,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             containers,
         } => {
             let exec_id = exec_id.unwrap_or_default();
-            let api = &api;
+            let conn = &conn;
             super::for_each(containers, |id| {
                 let exec_id = exec_id.clone();
                 async move {
@@ -232,7 +233,7 @@ pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                         container_id: id,
                         exec_id,
                     };
-                    let status = delete(api, &target, force).await?;
+                    let status = delete(conn, &target, force).await?;
                     match g.format {
                         Format::Json => output::json_line(&json!({
                             "id": target.name(), "exit_status": status,
@@ -276,8 +277,8 @@ fn process_json(p: &Process) -> Value {
     })
 }
 
-async fn ls(g: &Global, api: &Api, quiet: bool, filter: String) -> anyhow::Result<()> {
-    let tasks = api
+async fn ls(g: &Global, conn: &Conn, quiet: bool, filter: String) -> anyhow::Result<()> {
+    let tasks = conn
         .tasks()
         .list(ListTasksRequest { filter })
         .await
@@ -321,7 +322,7 @@ pub(super) struct NewTask<'a> {
 /// waits for the exit, deletes the task and returns the exit status. `started` tells a caller
 /// whose cleanup depends on it whether the task got as far as running.
 pub(super) async fn start(
-    api: &Api,
+    conn: &Conn,
     t: NewTask<'_>,
     started: &mut bool,
 ) -> anyhow::Result<Option<u32>> {
@@ -345,7 +346,7 @@ pub(super) async fn start(
             f.remove();
         }
     };
-    let created = api
+    let created = conn
         .tasks()
         .create(CreateTaskRequest {
             container_id: t.id.to_string(),
@@ -363,8 +364,8 @@ pub(super) async fn start(
         fail(fifos);
         return Err(e);
     }
-    let wait = (!t.detach).then(|| session::wait_in_background(api, &target));
-    let started_r = api
+    let wait = (!t.detach).then(|| session::wait_in_background(conn, &target));
+    let started_r = conn
         .tasks()
         .start(StartRequest {
             container_id: t.id.to_string(),
@@ -377,7 +378,7 @@ pub(super) async fn start(
             w.abort();
         }
         drop(raw);
-        let _ = delete(api, &target, true).await;
+        let _ = delete(conn, &target, true).await;
         fail(fifos);
         return Err(e);
     }
@@ -386,10 +387,10 @@ pub(super) async fn start(
         // Detached: the FIFOs stay for `tasks attach`; `tasks delete` removes them.
         return Ok(None);
     };
-    let status = session::interact(api, &target, t.terminal, copies, wait).await;
+    let status = session::interact(conn, &target, t.terminal, copies, wait).await;
     drop(raw);
     let status = status?;
-    api.tasks()
+    conn.tasks()
         .delete(DeleteTaskRequest {
             container_id: t.id.to_string(),
         })
@@ -401,13 +402,13 @@ pub(super) async fn start(
     Ok(Some(status))
 }
 
-async fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<Option<u32>> {
+async fn exec(conn: &Conn, a: ExecArgs) -> anyhow::Result<Option<u32>> {
     let target = Target {
         container_id: a.container.clone(),
         exec_id: a.exec_id.clone(),
     };
     let what = format!("tasks exec {}", target.name());
-    let c = api
+    let c = conn
         .containers()
         .get(GetContainerRequest {
             id: a.container.clone(),
@@ -454,7 +455,7 @@ async fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<Option<u32>> {
             f.remove();
         }
     };
-    let r = api
+    let r = conn
         .tasks()
         .exec(ExecProcessRequest {
             container_id: a.container.clone(),
@@ -475,8 +476,8 @@ async fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<Option<u32>> {
         cleanup(fifos);
         return Err(e);
     }
-    let wait = (!a.detach).then(|| session::wait_in_background(api, &target));
-    let r = api
+    let wait = (!a.detach).then(|| session::wait_in_background(conn, &target));
+    let r = conn
         .tasks()
         .start(StartRequest {
             container_id: a.container.clone(),
@@ -489,17 +490,17 @@ async fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<Option<u32>> {
             w.abort();
         }
         drop(raw);
-        let _ = delete(api, &target, true).await;
+        let _ = delete(conn, &target, true).await;
         cleanup(fifos);
         return Err(e);
     }
     let (Some(copies), Some(wait)) = (copies, wait) else {
         return Ok(None);
     };
-    let status = session::interact(api, &target, a.tty, copies, wait).await;
+    let status = session::interact(conn, &target, a.tty, copies, wait).await;
     drop(raw);
     let status = status?;
-    api.tasks()
+    conn.tasks()
         .delete_process(DeleteProcessRequest {
             container_id: a.container,
             exec_id: a.exec_id,
@@ -512,9 +513,9 @@ async fn exec(api: &Api, a: ExecArgs) -> anyhow::Result<Option<u32>> {
     Ok(Some(status))
 }
 
-async fn attach(api: &Api, container: &str) -> anyhow::Result<u32> {
+async fn attach(conn: &Conn, container: &str) -> anyhow::Result<u32> {
     let target = Target::init(container);
-    let p = api
+    let p = conn
         .tasks()
         .get(GetRequest {
             container_id: container.to_string(),
@@ -539,18 +540,18 @@ async fn attach(api: &Api, container: &str) -> anyhow::Result<u32> {
     } else {
         None
     };
-    let wait = session::wait_in_background(api, &target);
+    let wait = session::wait_in_background(conn, &target);
     let copies = stdio::copy(&paths);
-    let status = session::interact(api, &target, paths.terminal, copies, wait).await;
+    let status = session::interact(conn, &target, paths.terminal, copies, wait).await;
     drop(raw);
     status
 }
 
 /// Deletes a task (or exec process); with `force`, kills it first and waits for its exit.
 /// Removes the stdio FIFOs `berth` made for it. Returns the exit status.
-async fn delete(api: &Api, target: &Target, force: bool) -> anyhow::Result<u32> {
+async fn delete(conn: &Conn, target: &Target, force: bool) -> anyhow::Result<u32> {
     let what = format!("tasks delete {}", target.name());
-    let process = api
+    let process = conn
         .tasks()
         .get(GetRequest {
             container_id: target.container_id.clone(),
@@ -566,8 +567,8 @@ async fn delete(api: &Api, target: &Target, force: bool) -> anyhow::Result<u32> 
         Ok(Status::Stopped) | Ok(Status::Created)
     );
     if force && !stopped {
-        let wait = session::wait_in_background(api, target);
-        match api
+        let wait = session::wait_in_background(conn, target);
+        match conn
             .tasks()
             .kill(KillRequest {
                 container_id: target.container_id.clone(),
@@ -584,7 +585,7 @@ async fn delete(api: &Api, target: &Target, force: bool) -> anyhow::Result<u32> 
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
     }
     let status = if target.exec_id.is_empty() {
-        api.tasks()
+        conn.tasks()
             .delete(DeleteTaskRequest {
                 container_id: target.container_id.clone(),
             })
@@ -593,7 +594,7 @@ async fn delete(api: &Api, target: &Target, force: bool) -> anyhow::Result<u32> 
             .into_inner()
             .exit_status
     } else {
-        api.tasks()
+        conn.tasks()
             .delete_process(DeleteProcessRequest {
                 container_id: target.container_id.clone(),
                 exec_id: target.exec_id.clone(),
@@ -607,8 +608,8 @@ async fn delete(api: &Api, target: &Target, force: bool) -> anyhow::Result<u32> 
     Ok(status)
 }
 
-async fn ps(g: &Global, api: &Api, container: &str) -> anyhow::Result<()> {
-    let processes = api
+async fn ps(g: &Global, conn: &Conn, container: &str) -> anyhow::Result<()> {
+    let processes = conn
         .tasks()
         .list_pids(ListPidsRequest {
             container_id: container.to_string(),
@@ -645,9 +646,9 @@ async fn ps(g: &Global, api: &Api, container: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn show_metrics(g: &Global, api: &Api, container: &str) -> anyhow::Result<()> {
+async fn show_metrics(g: &Global, conn: &Conn, container: &str) -> anyhow::Result<()> {
     let what = format!("tasks metrics {container}");
-    let list = api
+    let list = conn
         .tasks()
         .metrics(MetricsRequest {
             filters: vec![format!("id=={container}")],

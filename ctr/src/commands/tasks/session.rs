@@ -1,59 +1,18 @@
 //! Driving a running process from the terminal: forward signals, resize the pty, close stdin
-//! on EOF, wait for the exit. Plus the clients of the services this needs.
+//! on EOF, wait for the exit.
 
 use std::io;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use berth_proto::containerd::services::{
-    containers::v1::containers_client::ContainersClient,
-    images::v1::images_client::ImagesClient,
-    tasks::v1::{
-        tasks_client::TasksClient, CloseIoRequest, KillRequest, ResizePtyRequest, WaitRequest,
-        WaitResponse,
-    },
+use berth_proto::containerd::services::tasks::v1::{
+    CloseIoRequest, KillRequest, ResizePtyRequest, WaitRequest, WaitResponse,
 };
 use tokio::signal::unix::{signal, SignalKind};
-use tonic::transport::Channel;
 
 use super::stdio::{self, Copies};
-use crate::client::{self, Meta, Svc, MAX_MESSAGE_SIZE};
+use crate::client::Conn;
 use crate::error::CallExt;
-use crate::Global;
-
-/// Clients of the containers, tasks and images services, on the same connection as the
-/// others ([`client::Conn`]).
-pub struct Api {
-    channel: Channel,
-    meta: Meta,
-}
-
-impl Api {
-    /// The connection (checked to answer) and these clients on it.
-    pub async fn connect(g: &Global) -> anyhow::Result<(client::Conn, Api)> {
-        let conn = client::connect(g).await?;
-        let (channel, meta) = conn.parts();
-        Ok((conn, Api { channel, meta }))
-    }
-
-    pub fn tasks(&self) -> TasksClient<Svc> {
-        TasksClient::with_interceptor(self.channel.clone(), self.meta.clone())
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
-    }
-
-    pub fn containers(&self) -> ContainersClient<Svc> {
-        ContainersClient::with_interceptor(self.channel.clone(), self.meta.clone())
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
-    }
-
-    pub fn images(&self) -> ImagesClient<Svc> {
-        ImagesClient::with_interceptor(self.channel.clone(), self.meta.clone())
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
-    }
-}
 
 /// A process of a task: the init process (empty exec id) or an exec.
 #[derive(Debug, Clone)]
@@ -82,10 +41,10 @@ impl Target {
 
 /// Starts `Tasks.Wait` for `target` in the background (before `Start`, so no exit is missed).
 pub fn wait_in_background(
-    api: &Api,
+    conn: &Conn,
     target: &Target,
 ) -> tokio::task::JoinHandle<anyhow::Result<WaitResponse>> {
-    let mut tasks = api.tasks();
+    let mut tasks = conn.tasks();
     let req = WaitRequest {
         container_id: target.container_id.clone(),
         exec_id: target.exec_id.clone(),
@@ -105,9 +64,9 @@ const FORWARDED: &[libc::c_int] = &[
 ];
 
 /// Sends the pty of `target` our terminal's size.
-pub async fn resize(api: &Api, target: &Target) {
+pub async fn resize(conn: &Conn, target: &Target) {
     if let Some((width, height)) = stdio::terminal_size() {
-        let _ = api
+        let _ = conn
             .tasks()
             .resize_pty(ResizePtyRequest {
                 container_id: target.container_id.clone(),
@@ -123,7 +82,7 @@ pub async fn resize(api: &Api, target: &Target) {
 /// signals, follows our terminal's size (with `terminal`), tells the task when our stdin hit
 /// EOF, then waits (briefly) for the output copies to drain. Returns the exit status.
 pub async fn interact(
-    api: &Api,
+    conn: &Conn,
     target: &Target,
     terminal: bool,
     mut copies: Copies,
@@ -134,7 +93,7 @@ pub async fn interact(
     let mut kinds: Vec<libc::c_int> = FORWARDED.to_vec();
     if terminal {
         kinds.push(libc::SIGWINCH);
-        resize(api, target).await;
+        resize(conn, target).await;
     }
     for &n in &kinds {
         let Ok(mut s) = signal(SignalKind::from_raw(n)) else {
@@ -158,10 +117,10 @@ pub async fn interact(
             }
             Some(n) = sig_rx.recv() => {
                 if n == libc::SIGWINCH {
-                    resize(api, target).await;
+                    resize(conn, target).await;
                     continue;
                 }
-                let r = api.tasks().kill(KillRequest {
+                let r = conn.tasks().kill(KillRequest {
                     container_id: target.container_id.clone(),
                     exec_id: target.exec_id.clone(),
                     signal: n as u32,
@@ -177,7 +136,7 @@ pub async fn interact(
             }
             Ok(()) = async { stdin_closed.as_mut().unwrap().await }, if stdin_closed.is_some() => {
                 stdin_closed = None;
-                let _ = api.tasks().close_io(CloseIoRequest {
+                let _ = conn.tasks().close_io(CloseIoRequest {
                     container_id: target.container_id.clone(),
                     exec_id: target.exec_id.clone(),
                     stdin: true,

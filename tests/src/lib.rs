@@ -526,6 +526,16 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     buf
 }
 
+/// The parent of process `pid` (for a task's init: its shim), from `/proc/<pid>/stat`.
+pub fn parent_pid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // The command (2nd field) may hold spaces; the parent pid is 2nd after it.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("ppid in /proc/<pid>/stat")
+}
+
 /// A random identifier-safe suffix, e.g. for refs.
 pub fn random_id() -> String {
     hex::encode(random_bytes(6))

@@ -7,22 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_tests::{berth, busybox_rootfs, ctr, failure, random_id, success, Daemon};
-
-/// The executable of the parent of process `pid`.
-fn parent_exe(pid: u64) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let ppid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .expect("PPid line")
-        .trim()
-        .to_string();
-    std::fs::read_link(format!("/proc/{ppid}/exe"))
-        .expect("parent exe")
-        .display()
-        .to_string()
-}
+use berth_tests::{berth, busybox_rootfs, ctr, failure, parent_pid, random_id, success, Daemon};
 
 struct Fixture {
     d: Daemon,
@@ -168,9 +153,13 @@ async fn detached_task_exec_ps_kill_delete() {
     // `berth run` picks Berth's own shim unless told otherwise.
     let pid = f
         .task(&id)
-        .and_then(|t| t["pid"].as_u64())
+        .and_then(|t| t["pid"].as_i64())
+        .and_then(|p| i32::try_from(p).ok())
         .expect("task pid");
-    let shim = parent_exe(pid);
+    let shim = std::fs::read_link(format!("/proc/{}/exe", parent_pid(pid)))
+        .expect("parent exe")
+        .display()
+        .to_string();
     assert!(
         shim.ends_with("containerd-shim-berth-v2"),
         "init's parent is {shim}, not Berth's shim"

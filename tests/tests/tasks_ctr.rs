@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_tests::{busybox_rootfs, ctr, failure, random_id, success, Daemon};
+use berth_tests::{busybox_rootfs, ctr, failure, parent_pid, random_id, success, Daemon};
 
 const SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 
@@ -401,12 +401,7 @@ async fn dead_shim_is_cleaned_up(runtime: &'static str) {
         .and_then(|p| p.parse().ok())
         .expect("task pid");
     // The shim is the container's parent (its child subreaper).
-    let stat = std::fs::read_to_string(format!("/proc/{task_pid}/stat")).expect("task stat");
-    let shim_pid: i32 = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .expect("ppid in /proc/<pid>/stat");
+    let shim_pid = parent_pid(task_pid);
     let shim_cmd = std::fs::read_to_string(format!("/proc/{shim_pid}/cmdline")).unwrap_or_default();
     assert!(
         shim_cmd.contains("containerd-shim"),

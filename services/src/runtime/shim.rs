@@ -78,44 +78,42 @@ pub async fn prepare_bundle(bundle: &Path, spec: &[u8], binary: &Path) -> Result
     serde_json::from_slice::<serde_json::Value>(spec)
         .map_err(|e| Status::invalid_argument(format!("container spec is not valid JSON: {e}")))?;
     let (b, spec, binary) = (bundle.to_path_buf(), spec.to_vec(), binary.to_path_buf());
-    let result = tokio::task::spawn_blocking(move || write_bundle(&b, &spec, &binary))
+    tokio::task::spawn_blocking(move || write_bundle(&b, &spec, &binary))
         .await
-        .map_err(|e| Status::internal(format!("bundle {}: {e}", bundle.display())))?;
-    if let Err((created, status)) = result {
-        if created {
-            remove_bundle(bundle).await;
-        }
-        return Err(status);
-    }
-    Ok(())
+        .map_err(|e| Status::internal(format!("bundle {}: {e}", bundle.display())))?
 }
 
-/// The files of [`prepare_bundle`]; on error, whether the bundle directory was created
-/// (and so needs removing).
-fn write_bundle(bundle: &Path, spec: &[u8], binary: &Path) -> Result<(), (bool, Status)> {
+/// The files of [`prepare_bundle`]; a bundle left half-written is removed again.
+fn write_bundle(bundle: &Path, spec: &[u8], binary: &Path) -> Result<(), Status> {
     let io = |what: &str, e: std::io::Error| {
         Status::internal(format!("bundle {}: {what}: {e}", bundle.display()))
     };
     if let Some(parent) = bundle.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| (false, io("create parent", e)))?;
+        std::fs::create_dir_all(parent).map_err(|e| io("create parent", e))?;
     }
-    std::fs::create_dir(bundle).map_err(|e| {
-        let status = match e.kind() {
-            std::io::ErrorKind::AlreadyExists => {
-                Status::already_exists(format!("task bundle {} already exists", bundle.display()))
-            }
-            _ => io("create", e),
-        };
-        (false, status)
+    std::fs::create_dir(bundle).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            Status::already_exists(format!("task bundle {} already exists", bundle.display()))
+        }
+        _ => io("create", e),
     })?;
-    std::fs::create_dir(bundle.join("rootfs")).map_err(|e| (true, io("create rootfs", e)))?;
-    std::fs::write(bundle.join("config.json"), spec)
-        .map_err(|e| (true, io("write config.json", e)))?;
-    std::fs::write(
-        bundle.join(SHIM_BINARY_FILE),
-        binary.as_os_str().as_encoded_bytes(),
-    )
-    .map_err(|e| (true, io("write shim path", e)))
+    let files = std::fs::create_dir(bundle.join("rootfs"))
+        .map_err(|e| io("create rootfs", e))
+        .and_then(|()| {
+            std::fs::write(bundle.join("config.json"), spec).map_err(|e| io("write config.json", e))
+        })
+        .and_then(|()| {
+            std::fs::write(
+                bundle.join(SHIM_BINARY_FILE),
+                binary.as_os_str().as_encoded_bytes(),
+            )
+            .map_err(|e| io("write shim path", e))
+        });
+    if files.is_err() {
+        // Nothing is mounted in it yet.
+        let _ = std::fs::remove_dir_all(bundle);
+    }
+    files
 }
 
 /// Removes a bundle, never crossing into a still-mounted rootfs.

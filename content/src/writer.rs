@@ -283,7 +283,7 @@ impl Writer {
         }
         // Data may be re-read below: it must have landed. (A failed write cuts the ingest
         // back and re-hashes what is left, which settles everything.)
-        if let Err(e) = self.drain() {
+        if let Err(e) = self.wait_written() {
             tracing::debug!(reference = %self.reference, error = %e, "settling after a failed write");
             return;
         }
@@ -396,12 +396,6 @@ impl Writer {
     /// the ingest (every other operation does this first). After a failed write the ingest
     /// is cut back to what did land and the error returned.
     pub fn wait_written(&mut self) -> Result<()> {
-        self.drain()
-    }
-
-    /// Waits for the queued chunks to land. After a failed one the ingest is cut back to
-    /// the data that did land and the error returned.
-    fn drain(&mut self) -> Result<()> {
         let Some(behind) = &self.behind else {
             return Ok(());
         };
@@ -428,7 +422,7 @@ impl Writer {
     /// for large writes: copying into the page cache and hashing are each a pass over the
     /// data, and clients wait for the running digest before sending more).
     fn append(&mut self, data: &[u8], hash: bool) -> Result<()> {
-        self.drain()?;
+        self.wait_written()?;
         if hash {
             self.settle();
         }
@@ -483,7 +477,7 @@ impl Writer {
     pub fn truncate(&mut self, offset: u64) -> Result<()> {
         // Every pending hash is asked for, in order, even though the prefix is re-hashed.
         self.settle();
-        self.drain()?;
+        self.wait_written()?;
         let file = self.live_file()?;
         if offset > self.offset {
             return Err(Error::TruncateBeyondOffset {
@@ -553,7 +547,7 @@ impl Writer {
     /// removed and `AlreadyExists` returned. After success, or
     /// `AlreadyExists`, the writer is closed and the reference released.
     pub fn commit(&mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
-        self.drain()?;
+        self.wait_written()?;
         let file = self.live_file()?;
         let data = self.dir.join(DATA);
         file.sync_all().ctx("sync ingest data", &data)?;
@@ -620,7 +614,7 @@ impl Writer {
     /// Closes an unfinished writer: syncs the data and records `updatedat`.
     /// Dropping does the same without the sync and without reporting errors.
     pub fn close(mut self) -> Result<()> {
-        self.drain()?;
+        self.wait_written()?;
         if let Some(file) = self.file.take() {
             let data = self.dir.join(DATA);
             file.sync_all().ctx("sync ingest data", &data)?;

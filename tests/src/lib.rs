@@ -526,6 +526,25 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     buf
 }
 
+/// Removes, when dropped, the cgroups runc leaves for a namespace: deleting a task removes
+/// its `/<namespace>/<id>` cgroup but not the namespace's parent (as under containerd), and
+/// tests use a namespace each. Best effort: a cgroup still in use stays.
+pub struct NamespaceCgroups(pub String);
+
+impl Drop for NamespaceCgroups {
+    fn drop(&mut self) {
+        let root = Path::new("/sys/fs/cgroup");
+        let hierarchies = std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
+        for dir in std::iter::once(root.to_path_buf()).chain(hierarchies) {
+            let _ = std::fs::remove_dir(dir.join(&self.0));
+        }
+    }
+}
+
 /// The parent of process `pid` (for a task's init: its shim), from `/proc/<pid>/stat`.
 pub fn parent_pid(pid: i32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");

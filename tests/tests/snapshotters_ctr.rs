@@ -8,7 +8,7 @@
 
 use berth_archive::Compression;
 use berth_image::testimage;
-use berth_tests::{ctr, random_id, success, Daemon};
+use berth_tests::{ctr, random_id, success, Daemon, NamespaceCgroups};
 
 const IMAGE: &str = "docker.io/library/berth-test:snapshotters";
 
@@ -21,6 +21,8 @@ struct Fixture {
     snapshotter: &'static str,
     runtime: &'static str,
     _dir: tempfile::TempDir,
+    /// Last: after the daemon.
+    _cgroups: NamespaceCgroups,
 }
 
 impl Fixture {
@@ -31,9 +33,11 @@ impl Fixture {
         let built = testimage::build(&testimage::layers(), Compression::Gzip);
         let tar = dir.path().join("img.tar");
         std::fs::write(&tar, testimage::oci_layout_tar(&built, IMAGE)).expect("write image");
+        let ns = format!("t{}", random_id());
         let f = Fixture {
             d,
-            ns: format!("t{}", random_id()),
+            _cgroups: NamespaceCgroups(ns.clone()),
+            ns,
             snapshotter,
             runtime,
             _dir: dir,
@@ -175,8 +179,10 @@ fn used_bytes(path: &std::path::Path) -> u64 {
 #[tokio::test]
 async fn devmapper_containers_share_the_image_blocks() {
     berth_tests::helpers_on_path();
-    let d = Daemon::start().await;
     let ns = format!("t{}", random_id());
+    // Before the daemon: dropped after it.
+    let _cgroups = NamespaceCgroups(ns.clone());
+    let d = Daemon::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut layers = testimage::layers();
     let big = berth_tests::random_bytes(100 << 20);

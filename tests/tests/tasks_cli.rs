@@ -7,22 +7,28 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_tests::{berth, busybox_rootfs, ctr, failure, parent_pid, random_id, success, Daemon};
+use berth_tests::{
+    berth, busybox_rootfs, ctr, failure, parent_pid, random_id, success, Daemon, NamespaceCgroups,
+};
 
 struct Fixture {
     d: Daemon,
     ns: String,
     dir: tempfile::TempDir,
     rootfs: String,
+    /// Last: after the daemon.
+    _cgroups: NamespaceCgroups,
 }
 
 impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let rootfs = busybox_rootfs(dir.path());
+        let ns = format!("t{}", random_id());
         Fixture {
             d: Daemon::start().await,
-            ns: format!("t{}", random_id()),
+            _cgroups: NamespaceCgroups(ns.clone()),
+            ns,
             rootfs: rootfs.to_str().expect("utf-8 path").to_string(),
             dir,
         }
@@ -113,6 +119,13 @@ async fn run_rm_prints_propagates_the_exit_code_and_leaves_nothing() {
     let out = f.run(&["--rm"], &id, &["/bin/sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     f.assert_gone(&id);
+
+    // runc left the namespace's own cgroup (as under containerd); the fixture removes it.
+    let ns_cgroup = Path::new("/sys/fs/cgroup/memory").join(&f.ns);
+    let had = ns_cgroup.exists();
+    drop(f);
+    assert!(!ns_cgroup.exists(), "{} left", ns_cgroup.display());
+    assert!(had || !Path::new("/sys/fs/cgroup/memory").exists());
 }
 
 #[tokio::test]

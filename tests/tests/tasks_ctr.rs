@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_tests::{busybox_rootfs, ctr, failure, parent_pid, random_id, success, Daemon};
+use berth_tests::{
+    busybox_rootfs, ctr, failure, parent_pid, random_id, success, Daemon, NamespaceCgroups,
+};
 
 const SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 
@@ -22,6 +24,8 @@ struct Fixture {
     runtime: &'static str,
     _dir: tempfile::TempDir,
     rootfs: PathBuf,
+    /// Last: after the daemon.
+    _cgroups: NamespaceCgroups,
 }
 
 impl Fixture {
@@ -32,9 +36,11 @@ impl Fixture {
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let rootfs = busybox_rootfs(dir.path());
+        let ns = format!("t{}", random_id());
         Fixture {
             d: Daemon::start().await,
-            ns: format!("t{}", random_id()),
+            _cgroups: NamespaceCgroups(ns.clone()),
+            ns,
             runtime,
             _dir: dir,
             rootfs,

@@ -15,7 +15,7 @@ use berth_proto::containerd::services::tasks::v1::{
     StartRequest, WaitRequest,
 };
 use berth_proto::containerd::types::Mount;
-use berth_tests::{busybox_rootfs, expect_code, random_id, Ctx, Daemon, Svc};
+use berth_tests::{busybox_rootfs, expect_code, random_id, Ctx, Daemon, NamespaceCgroups, Svc};
 use prost::Message;
 use tonic::Code;
 
@@ -26,15 +26,19 @@ struct Env {
     ns: String,
     dir: tempfile::TempDir,
     rootfs: PathBuf,
+    /// Last: after the daemon.
+    _cgroups: NamespaceCgroups,
 }
 
 impl Env {
     async fn new() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let rootfs = busybox_rootfs(dir.path());
+        let ns = format!("g{}", random_id());
         Env {
+            _cgroups: NamespaceCgroups(ns.clone()),
             d: Daemon::start().await,
-            ns: format!("g{}", random_id()),
+            ns,
             dir,
             rootfs,
         }

@@ -11,7 +11,7 @@ pub struct Args {
     /// The daemon's gRPC address.
     pub address: String,
     pub publish_binary: String,
-    /// The bundle (`delete` only; otherwise the working directory).
+    /// The bundle, if not the working directory.
     pub bundle: String,
     pub socket: String,
     pub debug: bool,

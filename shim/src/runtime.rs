@@ -300,7 +300,9 @@ impl OciRuntime for RuncCli {
             if self.config.no_new_keyring {
                 cmd.arg("--no-new-keyring");
             }
-            cmd.arg(id).current_dir(bundle);
+            // No working directory: runc and crun enter `--bundle` themselves, and without
+            // one the spawn is a vfork (posix_spawn), not a fork.
+            cmd.arg(id);
             self.run_detached(cmd, opts.stdio, "create").await
         })
     }

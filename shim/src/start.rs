@@ -53,12 +53,23 @@ fn write_address(bundle: &Path, address: &str) -> Result<()> {
         .map_err(|e| Error::io(format!("write {ADDRESS_FILE} in {}", bundle.display()), e))
 }
 
+/// The bundle: `-bundle` (Berth's daemon passes it, so that it can spawn the shim without a
+/// working directory), entered as the working directory the server relies on; else the
+/// working directory (as containerd starts shims).
+fn enter_bundle(args: &Args) -> Result<std::path::PathBuf> {
+    if !args.bundle.is_empty() {
+        std::env::set_current_dir(&args.bundle)
+            .map_err(|e| Error::io(format!("enter bundle {}", args.bundle), e))?;
+    }
+    std::env::current_dir().map_err(|e| Error::io("get working directory", e))
+}
+
 /// Runs `start`; returns the address to print.
 pub fn start(args: &Args) -> Result<String> {
     if args.id.is_empty() {
         return Err(Error::invalid("shim id is empty"));
     }
-    let bundle = std::env::current_dir().map_err(|e| Error::io("get working directory", e))?;
+    let bundle = enter_bundle(args)?;
     let group = group_id(&bundle).unwrap_or_else(|| args.id.clone());
     let address = socket_address(&args.address, &args.namespace, &group);
     let path = crate::ttrpc::socket_path(&address);

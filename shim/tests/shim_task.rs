@@ -185,6 +185,29 @@ fn start_shim(dir: &Path, bundle: &Path, id: &str, events_sock: &Path) -> String
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `start` for `id` with the bundle as `-bundle` from another working directory (as
+/// berthd starts Berth's shim); returns the shim's address.
+fn start_shim_by_flag(dir: &Path, bundle: &Path, id: &str, events_sock: &Path) -> String {
+    let daemon_address = dir.join("daemon.sock").display().to_string();
+    let out = run_with_deadline(
+        Command::new(shim_binary())
+            .args(["-namespace", NS, "-address", &daemon_address])
+            .args(["-publish-binary", "/bin/true", "-id", id])
+            .arg("-bundle")
+            .arg(bundle)
+            .arg("start")
+            .current_dir("/")
+            .env("TTRPC_ADDRESS", events_sock),
+        WAIT,
+    );
+    assert!(
+        out.status.success(),
+        "start -bundle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Shuts the shim down (no tasks left) and waits until it has exited and removed its socket.
 async fn shutdown_and_wait(task: &TaskClient, address: &str, guard: &mut Guard) {
     let _ = task
@@ -710,7 +733,12 @@ async fn task_lifecycle_over_ttrpc() {
         serde_json::from_slice(&std::fs::read(b2.join("config.json")).unwrap()).unwrap();
     cfg["annotations"] = serde_json::json!({"io.containerd.runc.v2.group": "c1"});
     std::fs::write(b2.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
-    assert_eq!(start_shim(&dir, &b2, "c2", &events_sock), address);
+    // Started as berthd starts it: the bundle as a flag, not the working directory.
+    assert_eq!(start_shim_by_flag(&dir, &b2, "c2", &events_sock), address);
+    assert_eq!(
+        std::fs::read_to_string(b2.join("address")).unwrap(),
+        address
+    );
     let c2 = task
         .create(&api::CreateTaskRequest {
             id: "c2".into(),

@@ -11,6 +11,8 @@ use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tonic::{Code, Status};
 
+/// Berth's own shim.
+const BERTH_SHIM: &str = "containerd-shim-berth-v2";
 /// Records which shim binary serves a bundle, for `delete` after a restart.
 const SHIM_BINARY_FILE: &str = "shim-binary-path";
 /// Per-call timeout on the shim API (but Wait, which blocks).
@@ -191,9 +193,16 @@ fn shim_command(
         .arg("-publish-binary")
         .arg(publish)
         .arg("-id")
-        .arg(id)
-        .arg(action)
-        .current_dir(bundle)
+        .arg(id);
+    // Berth's shim takes the bundle as a flag; containerd's need it as working directory.
+    // Without one, the spawn is a vfork (posix_spawn) instead of a fork of the whole daemon
+    // (its page tables copied, its pages write-protected for copy-on-write).
+    if binary.file_name() == Some(std::ffi::OsStr::new(BERTH_SHIM)) {
+        cmd.arg("-bundle").arg(bundle);
+    } else {
+        cmd.current_dir(bundle);
+    }
+    cmd.arg(action)
         .env("TTRPC_ADDRESS", ttrpc)
         .env("GRPC_ADDRESS", grpc)
         .env("NAMESPACE", ns)

@@ -9,6 +9,7 @@ mod commands;
 mod error;
 mod event_types;
 mod ingest;
+mod lazy;
 mod output;
 mod parse;
 mod progress;

@@ -13,6 +13,7 @@ mod snapshots;
 mod tasks;
 mod version;
 
+use crate::lazy::Lazy;
 use crate::Global;
 
 #[derive(Debug, clap::Subcommand)]
@@ -21,48 +22,48 @@ pub enum Command {
     Version,
     /// Manage namespaces.
     #[command(subcommand, visible_alias = "ns", alias = "namespace")]
-    Namespaces(namespaces::Command),
+    Namespaces(Lazy<namespaces::Command>),
     /// Manage content (blobs) in the content store.
     #[command(subcommand)]
-    Content(content::Command),
+    Content(Lazy<content::Command>),
     /// Manage leases (which keep resources from garbage collection).
     #[command(subcommand, alias = "lease")]
-    Leases(leases::Command),
+    Leases(Lazy<leases::Command>),
     /// Print events as they happen.
     #[command(visible_alias = "event")]
-    Events(events::Args),
+    Events(Lazy<events::Args>),
     /// Inspect the daemon's plugins.
     #[command(subcommand, alias = "plugin")]
-    Plugins(plugins::Command),
+    Plugins(Lazy<plugins::Command>),
     /// Manage images: import, export, unpack, list, remove, check, tag, mount.
     #[command(subcommand, visible_alias = "i", alias = "image")]
-    Images(images::Command),
+    Images(Lazy<images::Command>),
     /// Manage snapshots (container filesystems) of a snapshotter.
     #[command(alias = "snapshot")]
-    Snapshots(snapshots::Args),
+    Snapshots(Lazy<snapshots::Args>),
     /// Run a container from an unpacked image: create it, start its task, wait for the exit.
-    Run(Box<run::Args>),
+    Run(Lazy<Box<run::Args>>),
     /// Manage containers (metadata records; see `tasks` for what runs).
     #[command(subcommand, visible_alias = "c", alias = "container")]
-    Containers(containers::Command),
+    Containers(Lazy<containers::Command>),
     /// Manage tasks: the running processes of containers.
     #[command(subcommand, visible_alias = "t", alias = "task")]
-    Tasks(tasks::Command),
+    Tasks(Lazy<tasks::Command>),
 }
 
 pub async fn run(g: &Global, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Version => version::run(g).await,
-        Command::Namespaces(c) => namespaces::run(g, c).await,
-        Command::Content(c) => content::run(g, c).await,
-        Command::Leases(c) => leases::run(g, c).await,
-        Command::Events(a) => events::run(g, a).await,
-        Command::Plugins(c) => plugins::run(g, c).await,
-        Command::Images(c) => images::run(g, c).await,
-        Command::Snapshots(a) => snapshots::run(g, a).await,
-        Command::Run(a) => run::run(g, *a).await,
-        Command::Containers(c) => containers::run(g, c).await,
-        Command::Tasks(c) => tasks::run(g, c).await,
+        Command::Namespaces(Lazy(c)) => namespaces::run(g, c).await,
+        Command::Content(Lazy(c)) => content::run(g, c).await,
+        Command::Leases(Lazy(c)) => leases::run(g, c).await,
+        Command::Events(Lazy(a)) => events::run(g, a).await,
+        Command::Plugins(Lazy(c)) => plugins::run(g, c).await,
+        Command::Images(Lazy(c)) => images::run(g, c).await,
+        Command::Snapshots(Lazy(a)) => snapshots::run(g, a).await,
+        Command::Run(Lazy(a)) => run::run(g, *a).await,
+        Command::Containers(Lazy(c)) => containers::run(g, c).await,
+        Command::Tasks(Lazy(c)) => tasks::run(g, c).await,
     }
 }
 

@@ -166,43 +166,29 @@ fn bundle(dir: &Path, id: &str, args: &[&str]) -> (PathBuf, Vec<Mount>) {
     (bundle, mounts)
 }
 
-/// Runs `start` for `id` in `bundle`; returns the shim's address.
+/// Runs `start` for `id` in `bundle` (its working directory, as containerd starts shims);
+/// returns the shim's address.
 fn start_shim(dir: &Path, bundle: &Path, id: &str, events_sock: &Path) -> String {
+    start_shim_in(dir, bundle, id, events_sock, false)
+}
+
+/// Runs `start` for `id`; with `by_flag`, the bundle is `-bundle` and the working directory
+/// another (as berthd starts Berth's shim). Returns the shim's address.
+fn start_shim_in(dir: &Path, bundle: &Path, id: &str, events_sock: &Path, by_flag: bool) -> String {
     let daemon_address = dir.join("daemon.sock").display().to_string();
-    let out = run_with_deadline(
-        Command::new(shim_binary())
-            .args(["-namespace", NS, "-address", &daemon_address])
-            .args(["-publish-binary", "/bin/true", "-id", id, "start"])
-            .current_dir(bundle)
-            .env("TTRPC_ADDRESS", events_sock),
-        WAIT,
-    );
+    let mut cmd = Command::new(shim_binary());
+    cmd.args(["-namespace", NS, "-address", &daemon_address])
+        .args(["-publish-binary", "/bin/true", "-id", id])
+        .env("TTRPC_ADDRESS", events_sock);
+    if by_flag {
+        cmd.arg("-bundle").arg(bundle).current_dir("/");
+    } else {
+        cmd.current_dir(bundle);
+    }
+    let out = run_with_deadline(cmd.arg("start"), WAIT);
     assert!(
         out.status.success(),
         "start: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs `start` for `id` with the bundle as `-bundle` from another working directory (as
-/// berthd starts Berth's shim); returns the shim's address.
-fn start_shim_by_flag(dir: &Path, bundle: &Path, id: &str, events_sock: &Path) -> String {
-    let daemon_address = dir.join("daemon.sock").display().to_string();
-    let out = run_with_deadline(
-        Command::new(shim_binary())
-            .args(["-namespace", NS, "-address", &daemon_address])
-            .args(["-publish-binary", "/bin/true", "-id", id])
-            .arg("-bundle")
-            .arg(bundle)
-            .arg("start")
-            .current_dir("/")
-            .env("TTRPC_ADDRESS", events_sock),
-        WAIT,
-    );
-    assert!(
-        out.status.success(),
-        "start -bundle: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -734,7 +720,7 @@ async fn task_lifecycle_over_ttrpc() {
     cfg["annotations"] = serde_json::json!({"io.containerd.runc.v2.group": "c1"});
     std::fs::write(b2.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     // Started as berthd starts it: the bundle as a flag, not the working directory.
-    assert_eq!(start_shim_by_flag(&dir, &b2, "c2", &events_sock), address);
+    assert_eq!(start_shim_in(&dir, &b2, "c2", &events_sock, true), address);
     assert_eq!(
         std::fs::read_to_string(b2.join("address")).unwrap(),
         address

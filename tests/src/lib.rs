@@ -533,16 +533,25 @@ pub struct NamespaceCgroups(pub String);
 
 impl Drop for NamespaceCgroups {
     fn drop(&mut self) {
-        let root = Path::new("/sys/fs/cgroup");
-        let hierarchies = std::fs::read_dir(root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path());
-        for dir in std::iter::once(root.to_path_buf()).chain(hierarchies) {
-            let _ = std::fs::remove_dir(dir.join(&self.0));
+        for root in cgroup_roots() {
+            let _ = std::fs::remove_dir(root.join(&self.0));
         }
     }
+}
+
+/// Where cgroups live: `/sys/fs/cgroup` (the unified hierarchy, or the v1 mounts' parent) and
+/// every hierarchy mounted under it.
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir());
+    std::iter::once(root.to_path_buf())
+        .chain(hierarchies)
+        .collect()
 }
 
 /// The parent of process `pid` (for a task's init: its shim), from `/proc/<pid>/stat`.

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_tests::{
-    berth, busybox_rootfs, ctr, failure, parent_pid, random_id, success, Daemon, NamespaceCgroups,
+    berth, busybox_rootfs, cgroup_roots, ctr, failure, parent_pid, random_id, success, Daemon,
+    NamespaceCgroups,
 };
 
 struct Fixture {
@@ -89,11 +90,7 @@ impl Fixture {
         assert!(!ls.lines().any(|l| l.trim() == id), "container left: {ls}");
         let state = Path::new("/run/berth/runc").join(&self.ns).join(id);
         assert!(!state.exists(), "runc state left: {}", state.display());
-        let mut hierarchies = vec![Path::new("/sys/fs/cgroup").to_path_buf()];
-        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-            hierarchies.extend(entries.flatten().map(|e| e.path()));
-        }
-        for h in hierarchies {
+        for h in cgroup_roots() {
             let cgroup = h.join(&self.ns).join(id);
             assert!(!cgroup.exists(), "cgroup left: {}", cgroup.display());
         }

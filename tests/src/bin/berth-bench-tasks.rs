@@ -362,12 +362,8 @@ impl Leftovers {
             let _ = umount2(&m, MntFlags::MNT_DETACH);
         }
         for cg in &self.cgroups {
-            for ctl in std::fs::read_dir("/sys/fs/cgroup")
-                .into_iter()
-                .flatten()
-                .filter_map(Result::ok)
-            {
-                let _ = std::fs::remove_dir(ctl.path().join(cg.trim_start_matches('/')));
+            for root in berth_tests::cgroup_roots() {
+                let _ = std::fs::remove_dir(root.join(cg.trim_start_matches('/')));
             }
         }
         report

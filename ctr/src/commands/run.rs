@@ -482,30 +482,17 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
 
     let conn = client::connect(g).await?;
 
-    // An image needs a snapshot before the container exists: check the id first so
-    // that a duplicate fails before any work. (On a directory, Create itself says so.)
-    if rootfs_dir.is_none() {
-        match conn
-            .containers()
-            .get(GetContainerRequest { id: id.clone() })
-            .await
-        {
-            Ok(_) => {
-                return Err(CallError {
-                    context: format!("run {id}"),
-                    code: Code::AlreadyExists,
-                    message: format!("container {id} already exists"),
-                }
-                .into())
-            }
-            Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(CallError::new(format!("run {id}"), &s).into()),
-        }
-    }
-
     let source = match rootfs_dir {
         Some(dir) => Source::Dir(dir),
-        None => image_source(g, &a, &conn).await?,
+        None => {
+            // An image needs a snapshot before the container exists: a duplicate id must
+            // fail before that work. (On a directory, Create itself says so.) The check and
+            // the image's resolution are independent reads: both at once.
+            let (absent, source) =
+                tokio::join!(check_absent(&conn, &id), image_source(g, &a, &conn));
+            absent?;
+            source?
+        }
     };
 
     let mut created = Created::default();
@@ -528,7 +515,11 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    created.release_lease(&conn).await;
+    // The container holds its snapshot now: the lease goes while the task starts.
+    let release = created.lease.take().map(|id| {
+        let mut leases = conn.leases();
+        tokio::spawn(async move { leases.delete(DeleteRequest { id, sync: false }).await })
+    });
 
     let mut started = false;
     let status = tasks::start(
@@ -543,6 +534,9 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         &mut started,
     )
     .await;
+    if let Some(release) = release {
+        let _ = release.await;
+    }
     let status = match status {
         Ok(s) => s,
         Err(e) => {
@@ -560,6 +554,24 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         super::containers::delete_with_snapshot(&conn, &id, snapshot, &what).await?;
     }
     session::exit_with(status.unwrap_or(0))
+}
+
+/// Fails if container `id` exists.
+async fn check_absent(conn: &Conn, id: &str) -> anyhow::Result<()> {
+    match conn
+        .containers()
+        .get(GetContainerRequest { id: id.to_string() })
+        .await
+    {
+        Ok(_) => Err(CallError {
+            context: format!("run {id}"),
+            code: Code::AlreadyExists,
+            message: format!("container {id} already exists"),
+        }
+        .into()),
+        Err(s) if s.code() == Code::NotFound => Ok(()),
+        Err(s) => Err(CallError::new(format!("run {id}"), &s).into()),
+    }
 }
 
 struct CreateInputs<'a> {

@@ -2,15 +2,22 @@
 //! default runtime) over real runc: `berth run --rm` on a root filesystem directory (output,
 //! exit codes, nothing left behind: container, runc state, cgroups), `--rootfs` misuse, and a
 //! detached task's life (which shim, a second run with its id refused, container and namespace
-//! labels, tasks ls, metrics (also through the stock ctr), exec, ps, kill, delete, containers rm).
+//! labels, tasks ls, metrics (also through the stock ctr), exec, ps, kill, delete, containers rm),
+//! and `berth run IMAGE` on an imported image (its layers, no container, snapshot or lease left,
+//! a duplicate id and an unknown image refused before anything is created).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use berth_archive::Compression;
+use berth_image::testimage;
 
 use berth_tests::{
     berth, busybox_rootfs, cgroup_roots, ctr, failure, parent_pid, random_id, success, Daemon,
     NamespaceCgroups,
 };
+
+const IMAGE: &str = "docker.io/library/berth-test:cli";
 
 struct Fixture {
     d: Daemon,
@@ -241,4 +248,56 @@ async fn detached_task_exec_ps_kill_delete() {
     );
     f.ok(&["containers", "rm", &id]);
     f.assert_gone(&id);
+}
+
+/// `berth run IMAGE`: the image's layers as the rootfs (a snapshot on the image's chain ID,
+/// taken under a lease until the container holds it), its config for the process; `--rm`
+/// leaves no container, snapshot or lease. A duplicate id and an unknown image fail before
+/// anything is created.
+#[tokio::test]
+async fn run_image_and_leave_nothing() {
+    let f = Fixture::new().await;
+    let built = testimage::build(&testimage::layers(), Compression::Gzip);
+    let tar = f.dir.path().join("image.tar");
+    std::fs::write(&tar, testimage::oci_layout_tar(&built, IMAGE)).expect("write image");
+    f.ok(&["images", "import", tar.to_str().expect("utf-8 path")]);
+    let leftovers = || {
+        (
+            f.ok(&["containers", "ls", "-q"]),
+            f.ok(&["snapshots", "ls"]),
+            f.ok(&["leases", "ls", "-q"]),
+        )
+    };
+    let before = leftovers();
+
+    let id = format!("i{}", random_id());
+    let out = f.berth(&["run", "--rm", IMAGE, &id, "cat", "/etc/motd"]);
+    assert_eq!(
+        success(&out, "berth run --rm IMAGE").as_bytes(),
+        testimage::MOTD,
+        "the top layer's /etc/motd"
+    );
+    assert_eq!(leftovers(), before, "berth run --rm left something");
+    f.assert_gone(&id);
+
+    // A running container's id: refused before a snapshot is prepared.
+    f.ok(&["run", "-d", IMAGE, &id, "sleep", "300"]);
+    let during = leftovers();
+    let again = failure(
+        &f.berth(&["run", "--rm", IMAGE, &id, "true"]),
+        "berth run, same id",
+    );
+    assert!(again.contains("AlreadyExists"), "{again}");
+    let missing = failure(
+        &f.berth(&["run", "--rm", "docker.io/library/absent:1", "other", "true"]),
+        "berth run, unknown image",
+    );
+    assert!(missing.contains("NotFound"), "{missing}");
+    assert_eq!(leftovers(), during, "a failed run left something");
+
+    f.ok(&["tasks", "kill", "-s", "KILL", &id]);
+    f.wait_status(&id, "stopped").await;
+    f.ok(&["tasks", "delete", &id]);
+    f.ok(&["containers", "rm", &id]);
+    assert_eq!(leftovers(), before, "containers rm left something");
 }

@@ -7,6 +7,7 @@
 //! With `--rootfs DIR` the container runs on a directory instead: no image, no snapshot.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -450,12 +451,15 @@ impl Created {
         self.release_lease(conn).await;
     }
 
-    async fn release_lease(&mut self, conn: &Conn) {
-        if let Some(id) = self.lease.take() {
-            let _ = conn
-                .leases()
-                .delete(DeleteRequest { id, sync: false })
-                .await;
+    /// Releases the lease, if any. The future owns its client, so it can run alongside the
+    /// task's start.
+    fn release_lease(&mut self, conn: &Conn) -> impl Future<Output = ()> + Send + 'static {
+        let lease = self.lease.take();
+        let mut leases = conn.leases();
+        async move {
+            if let Some(id) = lease {
+                let _ = leases.delete(DeleteRequest { id, sync: false }).await;
+            }
         }
     }
 }
@@ -516,10 +520,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         }
     };
     // The container holds its snapshot now: the lease goes while the task starts.
-    let release = created.lease.take().map(|id| {
-        let mut leases = conn.leases();
-        tokio::spawn(async move { leases.delete(DeleteRequest { id, sync: false }).await })
-    });
+    let release = tokio::spawn(created.release_lease(&conn));
 
     let mut started = false;
     let status = tasks::start(
@@ -534,9 +535,7 @@ pub async fn run(g: &Global, a: Args) -> anyhow::Result<()> {
         &mut started,
     )
     .await;
-    if let Some(release) = release {
-        let _ = release.await;
-    }
+    let _ = release.await;
     let status = match status {
         Ok(s) => s,
         Err(e) => {

@@ -10,13 +10,13 @@
 //!
 //! Architecture invariants: this crate knows nothing of gRPC, namespaces or
 //! leases; it is synchronous (callers use a blocking thread pool; a writer may copy
-//! large chunks on a thread of its own, invisible to everyone else); a blob
+//! data handed to its landing on a thread of its own, invisible to everyone else); a blob
 //! appears under `blobs/` only after its data is fsynced and verified, by an
 //! atomic rename; no operation holds a whole blob in memory.
 
-mod behind;
 mod digest;
 mod error;
+mod landing;
 mod locks;
 mod reader;
 mod store;
@@ -25,6 +25,7 @@ mod writer;
 
 pub use crate::digest::{Digest, ALGORITHM};
 pub use crate::error::{Error, Result};
+pub use crate::landing::Landing;
 pub use crate::reader::Reader;
 pub use crate::store::{BlobInfo, Status, Store};
 pub use crate::writer::{HashState, Writer, WriterOpts};

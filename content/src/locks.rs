@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use crate::behind::InFlight;
 use crate::error::{Error, Result};
+use crate::landing::InFlight;
 use crate::timestamp;
 
 /// Held references: since when, and the holder's queued writes.

@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
-use crate::behind::Behind;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::landing::{Lander, Landing};
 use crate::locks::RefLock;
 use crate::store::{
     read_status, Inner, Status, DATA, EXPECTED, REF, STARTED_AT, TOTAL, UPDATED_AT,
@@ -36,6 +35,11 @@ impl HashState {
     pub fn digest(&self) -> Digest {
         Digest::from_hasher(&self.0)
     }
+
+    /// How many bytes were folded in: the ingest offset the state belongs to.
+    pub fn offset(&self) -> u64 {
+        self.1
+    }
 }
 
 impl std::fmt::Debug for HashState {
@@ -44,22 +48,7 @@ impl std::fmt::Debug for HashState {
     }
 }
 
-/// Gives the hash state after a write whose data was hashed elsewhere: the state before it
-/// updated with exactly its data, or `None` to have the data re-read and hashed here.
-type LaterHash = Box<dyn FnOnce() -> Option<HashState> + Send>;
-
-/// Writes whose hash is still to come, oldest first.
-#[derive(Default)]
-struct PendingHashes(std::collections::VecDeque<(u64, u64, LaterHash)>);
-
-impl std::fmt::Debug for PendingHashes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PendingHashes({})", self.0.len())
-    }
-}
-
-/// Writes of at least this much copy and hash on two threads, or (hashed elsewhere) are
-/// copied into the page cache behind the caller's back.
+/// Writes of at least this much copy and hash on two threads.
 const PARALLEL_HASH_MIN: usize = 256 << 10;
 /// Written data is handed to the kernel for write-back in pieces of this size, so the
 /// disk works while the client still sends and the fsync at commit has little left to do.
@@ -96,14 +85,10 @@ pub struct Writer {
     writeback_from: u64,
     total: u64,
     expected: Option<Digest>,
-    /// The sha256 of the data up to the first pending write.
+    /// The sha256 of the data up to `offset`.
     hasher: Sha256,
-    /// Writes hashed elsewhere: folded into `hasher` when a digest is needed.
-    pending: PendingHashes,
-    /// Re-hashing a pending write's data failed: the digest is unknown until a truncate.
-    hash_failed: Option<String>,
-    /// Large chunks being copied into the page cache on another thread.
-    behind: Option<Behind>,
+    /// The thread that copies data handed to a [`Landing`] into the ingest.
+    lander: Option<Lander>,
     started_at: SystemTime,
     updated_at: SystemTime,
 }
@@ -149,9 +134,7 @@ impl Writer {
             total,
             expected,
             hasher: Sha256::new(),
-            pending: PendingHashes::default(),
-            hash_failed: None,
-            behind: None,
+            lander: None,
             started_at: SystemTime::now(),
             updated_at: SystemTime::now(),
         };
@@ -271,38 +254,8 @@ impl Writer {
     }
 
     /// The digest of the bytes written so far (sha256 of nothing when empty).
-    pub fn digest(&mut self) -> Digest {
-        self.settle();
+    pub fn digest(&self) -> Digest {
         Digest::from_hasher(&self.hasher)
-    }
-
-    /// Folds the pending writes' hashes in, in order.
-    fn settle(&mut self) {
-        if self.pending.0.is_empty() {
-            return;
-        }
-        // Data may be re-read below: it must have landed. (A failed write cuts the ingest
-        // back and re-hashes what is left, which settles everything.)
-        if let Err(e) = self.wait_written() {
-            tracing::debug!(reference = %self.reference, error = %e, "settling after a failed write");
-            return;
-        }
-        while let Some((offset, len, later)) = self.pending.0.pop_front() {
-            if let Some(state) = later().filter(|s| s.1 == offset + len) {
-                self.hasher = state.0;
-                continue;
-            }
-            let data = self.dir.join(DATA);
-            let rehashed = match &self.file {
-                Some(file) => hash_range(file, &data, &mut self.hasher, offset, Some(len)),
-                None => Err(Error::WriterClosed(self.reference.clone())),
-            };
-            match rehashed {
-                Ok(n) if n == len => {}
-                Ok(n) => self.hash_failed = Some(format!("{n} of {len} bytes at {offset} left")),
-                Err(e) => self.hash_failed = Some(e.to_string()),
-            }
-        }
     }
 
     fn live_file(&self) -> Result<&File> {
@@ -318,66 +271,102 @@ impl Writer {
     }
 
     /// The running sha256 of the bytes written so far, for a caller that hashes the next
-    /// bytes itself while they arrive (see [`write_hash_later`](Self::write_hash_later)).
-    pub fn hash_state(&mut self) -> HashState {
-        self.settle();
+    /// bytes itself while they arrive (see [`write_hashed`](Self::write_hashed) and
+    /// [`adopt`](Self::adopt)).
+    pub fn hash_state(&self) -> HashState {
         HashState(self.hasher.clone(), self.offset)
     }
 
-    /// Appends `data`, whose hash is computed elsewhere (while it arrived, say) and asked
-    /// for only when a digest is needed: `hashed` must give [`hash_state`](Self::hash_state)
-    /// as of before this write updated with exactly `data` (or the ingest's digest is
-    /// wrong), or `None` to have `data` re-read and hashed here (so does a state whose byte
-    /// count does not end where this write does). So the write returns without waiting for
-    /// its hash.
-    ///
-    /// Large chunks are copied into the page cache on a thread of the writer's own while
-    /// the caller goes on; every other operation of the writer (and the store's statuses
-    /// of this ingest) waits for them first.
-    pub fn write_hash_later(
-        &mut self,
-        data: Bytes,
-        hashed: impl FnOnce() -> Option<HashState> + Send + 'static,
-    ) -> Result<()> {
-        let offset = self.offset;
-        if data.len() < PARALLEL_HASH_MIN || !self.queue_behind(&data)? {
-            self.append(&data, false)?;
+    /// Appends `data`, whose hash the caller computed: `after` is
+    /// [`hash_state`](Self::hash_state) updated with exactly `data` (a state that does not
+    /// end where this write does is ignored and the data hashed here).
+    pub fn write_hashed(&mut self, data: &[u8], after: HashState) -> Result<()> {
+        if after.1 != self.offset + data.len() as u64 {
+            return self.append(data, true);
         }
-        if !data.is_empty() {
-            self.pending
-                .0
-                .push_back((offset, data.len() as u64, Box::new(hashed)));
+        self.append(data, false)?;
+        self.hasher = after.0;
+        Ok(())
+    }
+
+    /// A handle that writes data into this ingest ahead of the writer, at the offsets it
+    /// will [`adopt`](Self::adopt), on a thread of the writer's own (started on first use).
+    /// `None` when there can be none (the caller then writes through the writer).
+    ///
+    /// Whoever holds it writes only between the writer's operations, only at and after the
+    /// writer's offset, and only data it will hand to `adopt` (else
+    /// [`drop_landed`](Self::drop_landed) must cut it off again).
+    pub fn landing(&mut self) -> Option<Landing> {
+        if self.lander.is_none() {
+            let (file, lock) = (self.file.as_ref()?, self.lock.as_ref()?);
+            match Lander::start(file, lock.in_flight().clone(), self.offset) {
+                Ok(l) => self.lander = Some(l),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no landing thread; writing in place");
+                    return None;
+                }
+            }
+        }
+        self.lander.as_ref().map(Lander::landing)
+    }
+
+    /// Takes the next `len` bytes, written through a [`Landing`], as written: waits for
+    /// them to land. `after` is their hash state as for [`write_hashed`](Self::write_hashed)
+    /// (one that does not fit has the bytes re-read and hashed).
+    pub fn adopt(&mut self, len: u64, after: HashState) -> Result<()> {
+        self.wait_written()?;
+        self.check_room(len)?;
+        let end = self.offset + len;
+        let data = self.dir.join(DATA);
+        let file = self.live_file()?;
+        let landed = file.metadata().ctx("stat ingest data", &data)?.len();
+        if landed < end {
+            return Err(Error::corrupt(
+                &data,
+                format!(
+                    "{len} bytes to adopt at {}, ingest ends at {landed}",
+                    self.offset
+                ),
+            ));
+        }
+        if after.1 == end {
+            self.hasher = after.0;
+        } else {
+            let mut hasher = self.hasher.clone();
+            let hashed = hash_range(file, &data, &mut hasher, self.offset, Some(len))?;
+            if hashed != len {
+                return Err(Error::corrupt(
+                    &data,
+                    format!("{hashed} of {len} landed bytes at {} readable", self.offset),
+                ));
+            }
+            self.hasher = hasher;
+        }
+        self.offset = end;
+        self.updated_at = SystemTime::now();
+        Ok(())
+    }
+
+    /// Cuts off data a [`Landing`] wrote that will not be adopted.
+    pub fn drop_landed(&mut self) -> Result<()> {
+        self.wait_written()?;
+        let data = self.dir.join(DATA);
+        let file = self.live_file()?;
+        if file.metadata().ctx("stat ingest data", &data)?.len() > self.offset {
+            file.set_len(self.offset)
+                .ctx("truncate ingest data", &data)?;
         }
         Ok(())
     }
 
-    /// Queues `data` at the offset for the writer's thread (started on first use); `false`
-    /// when it cannot take it (the caller writes it then).
-    fn queue_behind(&mut self, data: &Bytes) -> Result<bool> {
-        let len = data.len() as u64;
-        self.check_room(len)?;
-        let file = self.live_file()?;
-        if self.behind.is_none() {
-            let Some(lock) = &self.lock else {
-                return Ok(false);
-            };
-            match Behind::start(file, lock.in_flight().clone(), self.offset) {
-                Ok(b) => self.behind = Some(b),
-                Err(e) => {
-                    tracing::debug!(error = %e, "no write-behind thread; writing in place");
-                    return Ok(false);
-                }
-            }
+    /// Takes no more data from the writer's [`Landing`]s, lets what was queued land and cuts
+    /// off what was not adopted.
+    pub fn close_landing(&mut self) -> Result<()> {
+        if let Some(lander) = &self.lander {
+            // A failure shows in `drop_landed`'s wait.
+            let _ = lander.close();
         }
-        let queued = self
-            .behind
-            .as_ref()
-            .is_some_and(|b| b.queue(self.offset, data.clone()));
-        if queued {
-            self.offset += len;
-            self.updated_at = SystemTime::now();
-        }
-        Ok(queued)
+        self.drop_landed()
     }
 
     /// Fails with `ExceedsTotal` unless `len` more bytes fit the declared total.
@@ -392,25 +381,26 @@ impl Writer {
         }
     }
 
-    /// Waits until the data of [`write_hash_later`](Self::write_hash_later) has landed in
-    /// the ingest (every other operation does this first). After a failed write the ingest
-    /// is cut back to what did land and the error returned.
-    pub fn wait_written(&mut self) -> Result<()> {
-        let Some(behind) = &self.behind else {
+    /// Waits until data handed to a [`Landing`] has landed in the ingest (every other
+    /// operation does this first). After a failed write the ingest is cut back to what the
+    /// writer had and the error returned.
+    fn wait_written(&mut self) -> Result<()> {
+        let Some(lander) = &self.lander else {
             return Ok(());
         };
-        let Err((good_end, error)) = behind.drain() else {
+        let Err((good_end, error)) = lander.drain() else {
             return Ok(());
         };
-        self.behind = None;
-        let data = self.dir.join(DATA);
-        tracing::warn!(reference = %self.reference, %error, good_end, "queued ingest write failed");
-        // Every pending hash is still asked for (its source expects it), then the prefix
-        // that landed is re-hashed.
-        for (_, _, later) in self.pending.0.drain(..) {
-            let _ = later();
+        if let Some(lander) = self.lander.take() {
+            lander.release(None);
         }
-        self.truncate(good_end)?;
+        let data = self.dir.join(DATA);
+        tracing::warn!(reference = %self.reference, %error, good_end, "landing ingest data failed");
+        if let Some(file) = &self.file {
+            if let Err(e) = file.set_len(self.offset) {
+                tracing::warn!(reference = %self.reference, error = %e, "cannot cut off landed data");
+            }
+        }
         Err(Error::io(
             "write ingest data",
             data,
@@ -423,9 +413,6 @@ impl Writer {
     /// data, and clients wait for the running digest before sending more).
     fn append(&mut self, data: &[u8], hash: bool) -> Result<()> {
         self.wait_written()?;
-        if hash {
-            self.settle();
-        }
         // The field, not `live_file`: the hasher is borrowed alongside.
         let file = self
             .file
@@ -475,8 +462,6 @@ impl Writer {
     /// Cuts the ingest back to `offset` (at most the current offset) and
     /// re-hashes the remaining prefix; 0 restarts the write.
     pub fn truncate(&mut self, offset: u64) -> Result<()> {
-        // Every pending hash is asked for, in order, even though the prefix is re-hashed.
-        self.settle();
         self.wait_written()?;
         let file = self.live_file()?;
         if offset > self.offset {
@@ -498,7 +483,6 @@ impl Writer {
             }
         }
         self.hasher = hasher;
-        self.hash_failed = None;
         self.offset = offset;
         self.writeback_from = self.writeback_from.min(offset);
         self.updated_at = SystemTime::now();
@@ -569,12 +553,6 @@ impl Writer {
             });
         }
         let digest = self.digest();
-        if let Some(failed) = &self.hash_failed {
-            return Err(Error::corrupt(
-                &data,
-                format!("hashing written data failed: {failed}"),
-            ));
-        }
         if let Some(expected) = expected {
             if expected != digest {
                 return Err(Error::DigestMismatch {
@@ -630,7 +608,10 @@ impl Writer {
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             tracing::warn!(reference = %self.reference, path = %self.dir.display(), error = %e, "failed to remove ingest directory");
         }
-        self.lock = None;
+        match self.lander.take() {
+            Some(lander) => lander.release(self.lock.take()),
+            None => self.lock = None,
+        }
     }
 }
 
@@ -643,8 +624,8 @@ impl Drop for Writer {
             }
         }
         // Released after the queued writes land; else when the field drops.
-        if let Some(behind) = self.behind.take() {
-            behind.release(self.lock.take());
+        if let Some(lander) = self.lander.take() {
+            lander.release(self.lock.take());
         }
     }
 }

@@ -226,7 +226,7 @@ fn resume_keeps_started_at_and_digest() {
     assert_eq!(w1.digest(), Digest::of_bytes(first));
     drop(w1);
 
-    let mut w2 = s.writer(opts("cb", Some(256), Some(d))).unwrap();
+    let w2 = s.writer(opts("cb", Some(256), Some(d))).unwrap();
     let st2 = w2.status();
     assert_eq!(
         st2, st1,
@@ -526,7 +526,7 @@ fn total_on_resume() {
 
     // A different non-zero total: like containerd, the ingest starts over.
     let started = s.status("a").unwrap().started_at;
-    let mut w = s.writer(opts("a", Some(50), None)).unwrap();
+    let w = s.writer(opts("a", Some(50), None)).unwrap();
     let st = w.status();
     assert_eq!((st.offset, st.total), (0, 50));
     assert!(st.started_at > started);
@@ -693,7 +693,7 @@ fn ingest_layout_matches_containerd() {
     }
     // A stray temp file does not disturb resuming.
     std::fs::write(dir.join("updatedat.tmp"), b"garbage").unwrap();
-    let mut w = writer(&s, "layout-ref");
+    let w = writer(&s, "layout-ref");
     assert_eq!(w.digest(), d);
 }
 
@@ -776,85 +776,89 @@ fn half_created_ingests_are_removed_at_open() {
     assert_eq!(refs, ["kept"]);
 }
 
-/// Writes hashed elsewhere: their states are asked for in order when a digest is needed;
-/// a missing state, or one that does not end where its write does, is replaced by hashing
-/// the written data again.
+/// Writes hashed elsewhere: a state that ends where the write does is taken as it is; one
+/// that does not (right bytes hashed from the wrong start) is replaced by hashing here.
 #[test]
-fn writes_hashed_later_settle_in_order_and_fall_back_to_rehashing() {
+fn writes_hashed_elsewhere_take_a_fitting_state_and_rehash_otherwise() {
     let (_d, s) = store();
     let (data, d) = content(3 << 20, 11);
     let (a, rest) = data.split_at(1 << 20);
     let (b, c) = rest.split_at(1 << 20);
-    let mut w = writer(&s, "later");
-    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut w = writer(&s, "hashed");
 
     let mut good = w.hash_state();
     good.update(a);
-    let log = asked.clone();
-    w.write_hash_later(Bytes::copy_from_slice(a), move || {
-        log.lock().unwrap().push(1);
-        Some(good)
-    })
-    .unwrap();
-    let log = asked.clone();
-    w.write_hash_later(Bytes::copy_from_slice(b), move || {
-        log.lock().unwrap().push(2);
-        None
-    })
-    .unwrap();
-    // Right bytes hashed from the wrong start: its byte count gives it away.
+    w.write_hashed(a, good).unwrap();
+    let mut next = w.hash_state();
+    next.update(b);
+    w.write_hashed(b, next).unwrap();
     let mut misplaced = berth_content::HashState::default();
     misplaced.update(c);
-    let log = asked.clone();
-    w.write_hash_later(Bytes::copy_from_slice(c), move || {
-        log.lock().unwrap().push(3);
-        Some(misplaced)
-    })
-    .unwrap();
-    assert!(
-        asked.lock().unwrap().is_empty(),
-        "asked before a digest was needed"
-    );
+    w.write_hashed(c, misplaced).unwrap();
     assert_eq!(w.status().offset, data.len() as u64);
     assert_eq!(w.digest(), d);
-    assert_eq!(*asked.lock().unwrap(), [1, 2, 3]);
-
-    // A truncate asks for what is pending first, then re-hashes the prefix.
-    let log = asked.clone();
-    w.write_hash_later(Bytes::from_static(b"junk"), move || {
-        log.lock().unwrap().push(4);
-        None
-    })
-    .unwrap();
-    w.truncate(1 << 20).unwrap();
-    assert_eq!(*asked.lock().unwrap(), [1, 2, 3, 4]);
-    assert_eq!(w.digest(), Digest::of_bytes(a));
-
-    // A commit settles too.
-    w.write_hash_later(Bytes::copy_from_slice(rest), || None)
-        .unwrap();
     assert_eq!(w.commit(data.len() as u64, Some(d)).unwrap(), d);
 }
 
-/// Large chunks written behind the caller: the store's status of the ingest already counts
-/// them, the data is all there once the writer is dropped (the ref lock is released after
-/// it lands), and the blob commits whole.
+/// Data handed to a landing is in the ingest once adopted (hash state taken, or the bytes
+/// re-hashed when the state does not fit), counts in the store's statuses while it lands,
+/// can be cut off again, and after `close_landing` nothing more is taken.
 #[test]
-fn written_behind_chunks_count_in_statuses_and_land_before_the_lock_is_free() {
+fn landed_data_is_adopted_cut_off_or_refused_after_close() {
     let (_d, s) = store();
-    let (data, d) = content(8 << 20, 12);
-    let mut w = writer(&s, "behind");
-    for chunk in data.chunks(1 << 20) {
-        w.write_hash_later(Bytes::copy_from_slice(chunk), || None)
-            .unwrap();
+    let (data, d) = content(6 << 20, 12);
+    let mut w = writer(&s, "landed");
+    let landing = w.landing().expect("landing");
+
+    // 4 MiB in two pieces, adopted as two 2 MiB writes.
+    for at in [0, 2 << 20] {
+        assert!(landing.write_at(at as u64, Bytes::copy_from_slice(&data[at..at + (2 << 20)])));
     }
-    assert_eq!(s.status("behind").unwrap().offset, data.len() as u64);
-    assert_eq!(s.list_statuses().unwrap()[0].offset, data.len() as u64);
+    assert_eq!(s.status("landed").unwrap().offset, 4 << 20);
+    let mut state = w.hash_state();
+    state.update(&data[..2 << 20]);
+    w.adopt(2 << 20, state).unwrap();
+    // A state that does not end there: the landed bytes are hashed from the file.
+    w.adopt(2 << 20, berth_content::HashState::default())
+        .unwrap();
+    assert_eq!(w.digest(), Digest::of_bytes(&data[..4 << 20]));
+
+    // Landed but not adopted: cut off, and the writer goes on from its own offset.
+    assert!(landing.write_at(4 << 20, Bytes::from_static(b"not this")));
+    w.drop_landed().unwrap();
+    assert_eq!(s.status("landed").unwrap().offset, 4 << 20);
+    w.write(&data[4 << 20..5 << 20]).unwrap();
+
+    // Closed: refused, and what was queued but not adopted is cut off.
+    assert!(landing.write_at(5 << 20, Bytes::copy_from_slice(&data[5 << 20..])));
+    w.close_landing().unwrap();
+    assert!(!landing.write_at(5 << 20, Bytes::copy_from_slice(&data[5 << 20..])));
+    assert_eq!(s.status("landed").unwrap().offset, 5 << 20);
+    w.write(&data[5 << 20..]).unwrap();
+    assert_eq!(w.commit(0, Some(d)).unwrap(), d);
+    let mut back = Vec::new();
+    s.reader(&d).unwrap().read_to_end(&mut back).unwrap();
+    assert!(back == data, "blob differs");
+}
+
+/// A writer dropped with data still landing: the ref lock is released only after it has
+/// landed, so the next writer on the ref finds all of it.
+#[test]
+fn the_ref_is_free_only_after_queued_data_landed() {
+    let (_d, s) = store();
+    let (data, d) = content(8 << 20, 13);
+    let mut w = writer(&s, "queued");
+    let landing = w.landing().expect("landing");
+    // As many as the queue takes without waiting.
+    for (i, chunk) in data.chunks(2 << 20).enumerate() {
+        assert!(landing.write_at((i << 21) as u64, Bytes::copy_from_slice(chunk)));
+    }
     drop(w);
-    // The lock goes with the last queued write.
+    // The landing is closed with its writer.
+    assert!(!landing.write_at(8 << 20, Bytes::from_static(b"late")));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut w = loop {
-        match s.writer(opts("behind", None, None)) {
+        match s.writer(opts("queued", None, None)) {
             Ok(w) => break w,
             Err(e)
                 if e.kind() == ErrorKind::Unavailable && std::time::Instant::now() < deadline =>
@@ -864,21 +868,8 @@ fn written_behind_chunks_count_in_statuses_and_land_before_the_lock_is_free() {
             Err(e) => panic!("reopen: {e}"),
         }
     };
+    // Resumed from the file: what landed counts, as after any interrupted write.
     assert_eq!(w.status().offset, data.len() as u64);
     assert_eq!(w.digest(), d);
     assert_eq!(w.commit(0, Some(d)).unwrap(), d);
-    let mut back = Vec::new();
-    s.reader(&d).unwrap().read_to_end(&mut back).unwrap();
-    assert!(back == data, "blob differs");
-
-    // Once the queue has landed, dropping frees the ref at once.
-    let mut w = writer(&s, "behind-2");
-    w.write_hash_later(Bytes::copy_from_slice(&data[..4 << 20]), || None)
-        .unwrap();
-    w.wait_written().unwrap();
-    drop(w);
-    let w = s
-        .writer(opts("behind-2", None, None))
-        .expect("ref free after the drop");
-    assert_eq!(w.status().offset, 4 << 20);
 }

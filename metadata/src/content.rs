@@ -14,7 +14,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use berth_content::{Digest, Reader, Status, WriterOpts};
+use berth_content::{Digest, HashState, Landing, Reader, Status, WriterOpts};
 use berth_errdefs::ErrorKind;
 
 use crate::db::Db;
@@ -463,8 +463,8 @@ impl ContentWriter {
     }
 
     /// The digest of what the ingest holds so far.
-    pub fn digest(&mut self) -> Digest {
-        match &mut self.state {
+    pub fn digest(&self) -> Digest {
+        match &self.state {
             WriterState::Ingest(w) => w.digest(),
             WriterState::Shared { digest, .. } => *digest,
             WriterState::Closed => Digest::of_bytes(&[]),
@@ -482,39 +482,57 @@ impl ContentWriter {
     }
 
     /// The running sha256 of an ingest in progress (`None` for shared content not copied
-    /// into an ingest yet): see [`write_hash_later`](Self::write_hash_later).
-    pub fn hash_state(&mut self) -> Option<berth_content::HashState> {
-        match &mut self.state {
+    /// into an ingest yet): see [`write_hashed`](Self::write_hashed).
+    pub fn hash_state(&self) -> Option<HashState> {
+        match &self.state {
             WriterState::Ingest(w) => Some(w.hash_state()),
             _ => None,
         }
     }
 
-    /// Appends data whose hash is computed elsewhere, asked for only when a digest is
-    /// needed (see `berth_content::Writer::write_hash_later`). Shared content not copied
-    /// into an ingest yet asks at once and hashes the data itself.
-    pub fn write_hash_later(
-        &mut self,
-        data: bytes::Bytes,
-        hashed: impl FnOnce() -> Option<berth_content::HashState> + Send + 'static,
-    ) -> Result<()> {
+    /// Appends data whose hash state the caller computed (see
+    /// `berth_content::Writer::write_hashed`).
+    pub fn write_hashed(&mut self, data: &[u8], after: HashState) -> Result<()> {
         let what = self.what();
         match &mut self.state {
-            WriterState::Ingest(w) => w.write_hash_later(data, hashed).map_err(content_err(what)),
-            _ => {
-                // Its result is the next in line: take it, so later ones stay in order.
-                let _ = hashed();
-                self.write(&data)
-            }
+            WriterState::Ingest(w) => w.write_hashed(data, after).map_err(content_err(what)),
+            _ => self.write(data),
         }
     }
 
-    /// Waits until written data has landed in the ingest (see
-    /// `berth_content::Writer::wait_written`).
-    pub fn wait_written(&mut self) -> Result<()> {
+    /// A handle that writes data into the ingest ahead of the writer (see
+    /// `berth_content::Writer::landing`); `None` for shared content not copied yet.
+    pub fn landing(&mut self) -> Option<Landing> {
+        match &mut self.state {
+            WriterState::Ingest(w) => w.landing(),
+            _ => None,
+        }
+    }
+
+    /// Takes `len` bytes a [`Landing`] wrote as written (see
+    /// `berth_content::Writer::adopt`).
+    pub fn adopt(&mut self, len: u64, after: HashState) -> Result<()> {
         let what = self.what();
         match &mut self.state {
-            WriterState::Ingest(w) => w.wait_written().map_err(content_err(what)),
+            WriterState::Ingest(w) => w.adopt(len, after).map_err(content_err(what)),
+            _ => Err(closed(&what)),
+        }
+    }
+
+    /// Cuts off data a [`Landing`] wrote that will not be adopted.
+    pub fn drop_landed(&mut self) -> Result<()> {
+        let what = self.what();
+        match &mut self.state {
+            WriterState::Ingest(w) => w.drop_landed().map_err(content_err(what)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops the writer's [`Landing`]s and cuts off what they wrote and was not adopted.
+    pub fn close_landing(&mut self) -> Result<()> {
+        let what = self.what();
+        match &mut self.state {
+            WriterState::Ingest(w) => w.close_landing().map_err(content_err(what)),
             _ => Ok(()),
         }
     }

@@ -6,7 +6,8 @@ use std::time::SystemTime;
 
 use berth_proto::containerd::services::content::v1::{
     content_client::ContentClient, AbortRequest, DeleteContentRequest, Info, InfoRequest,
-    ListContentRequest, ListStatusesRequest, StatusRequest, UpdateRequest, WriteContentResponse,
+    ListContentRequest, ListStatusesRequest, StatusRequest, UpdateRequest, WriteAction,
+    WriteContentRequest, WriteContentResponse,
 };
 use berth_proto::containerd::services::leases::v1::{CreateRequest, ListResourcesRequest};
 use berth_tests::{
@@ -537,6 +538,72 @@ async fn wrong_digest_then_correct_commit() {
     assert_eq!(i.size, 10_000);
     assert_eq!(i.labels.get("k").map(String::as_str), Some("v"));
     assert!(read_blob(&mut c, &right).await.unwrap() == data);
+}
+
+/// Large WRITEs (copied into the ingest on the writer's own thread while they are hashed):
+/// every reply carries the digest of all data so far, acknowledged data is in the ingest (its
+/// status counts it, a new session resumes from it), a WRITE at 0 starts over, a refused
+/// WRITE leaves nothing behind, and a COMMIT carrying the last piece commits it all.
+#[tokio::test]
+async fn large_writes_reply_with_the_digest_so_far_and_are_in_place() {
+    const MIB: usize = 1 << 20;
+    let d = Daemon::start().await;
+    let mut c = d.content("testsuite").await;
+    let data = random_bytes(5 * MIB);
+    let (mut w, _) = Writer::open(&mut c, "large", 0, "").await.unwrap();
+    for i in 0..3 {
+        let r = w
+            .write((i * MIB) as i64, &data[i * MIB..(i + 1) * MIB])
+            .await
+            .unwrap();
+        assert_eq!(r.offset, ((i + 1) * MIB) as i64);
+        assert_eq!(r.digest, digest_of(&data[..(i + 1) * MIB]), "reply {i}");
+    }
+    let s = c
+        .status(StatusRequest {
+            r#ref: "large".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(s.offset, (3 * MIB) as i64);
+    // Refused after its data was on its way into the ingest (a malformed expected digest):
+    // nothing of it stays.
+    expect_code(
+        w.send(WriteContentRequest {
+            action: WriteAction::Write as i32,
+            offset: (3 * MIB) as i64,
+            expected: "sha256:not-hex".into(),
+            data: data[3 * MIB..4 * MIB].to_vec().into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        &[],
+    );
+    let (mut w, st) = Writer::open(&mut c, "large", 0, "").await.unwrap();
+    assert_eq!(st.offset, (3 * MIB) as i64);
+    assert_eq!(st.digest, digest_of(&data[..3 * MIB]));
+
+    // Starting over, then a COMMIT that carries the rest.
+    let r = w.write(0, &data[..2 * MIB]).await.unwrap();
+    assert_eq!(
+        (r.offset, r.digest),
+        ((2 * MIB) as i64, digest_of(&data[..2 * MIB]))
+    );
+    let r = w
+        .send(WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            offset: (2 * MIB) as i64,
+            data: data[2 * MIB..].to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.digest, digest_of(&data));
+    assert!(read_blob(&mut c, &digest_of(&data)).await.unwrap() == data);
 }
 
 #[tokio::test]

@@ -5,18 +5,22 @@
 //! that round trip. [`EarlyDataLayer`] copies (by reference) every body chunk of a
 //! Content.Write call to an [`EarlyHasher`] thread that splits the raw stream into gRPC
 //! messages and hashes their `data` field (field 6 of `WriteContentRequest`) frame by frame,
-//! each message from the state the previous one ended in, or from a state the session hands
-//! it (after a truncation, say). A WRITE that appends at the ingest's offset hands its data
-//! to the writer with a promise of its hash; its reply carries the digest so far (as
-//! containerd's does), so the reply waits for the hash (mostly done while the data arrived)
-//! but not for the copy into the page cache, which runs on the writer's own thread.
+//! from the ingest's hash state the session hands it before each message.
+//!
+//! The session's step for each message runs on the same thread, right after the message's
+//! hash ([`EarlyHasher::run`]), so the hash is there when the step needs it, without a
+//! thread waking for it on every round trip; meanwhile the step's data is already being
+//! copied into the ingest (the session hands an append to the writer's landing as soon as
+//! the message is decoded). The reply carries the digest so far (as containerd's does).
 //! Anything else (a truncation, a compressed message, a parse surprise, a slow thread)
-//! falls back to hashing in the step or re-reading the written data.
+//! falls back to hashing in the step.
 
 use std::pin::Pin;
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use berth_content::HashState;
 use bytes::Bytes;
@@ -107,21 +111,20 @@ impl Body for TeeBody {
     }
 }
 
-/// The session's side of the hashing thread: one start in, one result out, per message, in
-/// stream order. Shared with the writer's pending hashes, which take results later (in
-/// order too: the session settles them before it takes a result itself).
+/// The session's side of the hashing thread: per message, in stream order, one start in, one
+/// result out, and one step run.
 pub struct EarlyHasher {
     starts: mpsc::Sender<Start>,
     results: Mutex<mpsc::Receiver<Option<Hashed>>>,
+    steps: mpsc::Sender<Step>,
 }
 
-/// Where the hash of a message's data starts.
-pub enum Start {
-    /// From the state the previous message ended in: its data was appended as sent.
-    Chain,
-    /// From this state (`None`: the message's result is of no use).
-    From(Option<HashState>),
-}
+/// A session's step, run on the hashing thread after its message's hash.
+type Step = Box<dyn FnOnce() + Send>;
+
+/// Where the hash of a message's data starts: the ingest's state before it (`None`: the
+/// message's result is of no use).
+pub type Start = Option<HashState>;
 
 /// A message's `data` hashed onto the start state it was given.
 pub struct Hashed {
@@ -136,21 +139,40 @@ impl EarlyHasher {
         let chunks = data.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         let (starts, starts_rx) = mpsc::channel();
         let (results_tx, results) = mpsc::channel();
+        let (steps, steps_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("content-hash".into())
-            .spawn(move || hash_messages(Feed::new(chunks), starts_rx, results_tx))
+            .spawn(move || hash_messages(Feed::new(chunks), starts_rx, results_tx, steps_rx))
             .ok()?;
         let me = EarlyHasher {
             starts,
             results: Mutex::new(results),
+            steps,
         };
-        me.next_start(Start::From(None));
+        me.next_start(None);
         Some(Arc::new(me))
     }
 
     /// Where the next message's hash starts.
     pub fn next_start(&self, start: Start) {
         let _ = self.starts.send(start);
+    }
+
+    /// Runs `step`, the session's step for the oldest message not stepped yet (all of whose
+    /// bytes have arrived), on the hashing thread once that message is hashed (on the
+    /// blocking pool if the thread is gone); its result comes back through the receiver.
+    pub fn run<T: Send + 'static>(
+        &self,
+        step: impl FnOnce() -> T + Send + 'static,
+    ) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Step = Box::new(move || {
+            let _ = tx.send(step());
+        });
+        if let Err(mpsc::SendError(job)) = self.steps.send(job) {
+            tokio::task::spawn_blocking(job);
+        }
+        rx
     }
 
     /// The result for the oldest message not taken yet (all of whose bytes have arrived).
@@ -199,19 +221,17 @@ impl Feed {
     }
 }
 
-/// The thread: per gRPC message, wait for its start, then hash its `data` field.
+/// The thread: per gRPC message, wait for its start, hash its `data` field, then run the
+/// session's step for it (which gives the next start). Every message the session reads gets
+/// a step, and its bytes all arrived before, so the thread never waits for a step while a
+/// message is still coming, nor for bytes while a step is due.
 fn hash_messages(
     mut feed: Feed,
     starts: mpsc::Receiver<Start>,
     results: mpsc::Sender<Option<Hashed>>,
+    steps: mpsc::Receiver<Step>,
 ) {
-    // The state the previous message ended in (`None`: unknown).
-    let mut end: Option<HashState> = None;
     while let Ok(start) = starts.recv() {
-        let start = match start {
-            Start::Chain => end.take(),
-            Start::From(state) => state,
-        };
         let mut header = [0u8; 5];
         for b in &mut header {
             match feed.byte() {
@@ -224,28 +244,26 @@ fn hash_messages(
         ]));
         let result = if header[0] != 0 {
             // Compressed: the step hashes the decompressed data.
-            feed.stream(len, |_| {}).map(|()| (None, None))
+            feed.stream(len, |_| {}).map(|()| None)
         } else {
             hash_message(&mut feed, len, start)
         };
-        let Some((result, ended)) = result else {
+        let Some(result) = result else {
             return;
         };
-        end = ended;
         if results.send(result).is_err() {
             return;
+        }
+        match steps.recv() {
+            Ok(step) => step(),
+            Err(_) => return,
         }
     }
 }
 
-/// Walks one protobuf message of `len` bytes, hashing field 6 onto `start`: its result
-/// (`None` when the message gives no usable one) and the state it ends in (`start` itself
-/// without data; `None` when unknown). `None` at the end of the body.
-fn hash_message(
-    feed: &mut Feed,
-    len: u64,
-    start: Option<HashState>,
-) -> Option<(Option<Hashed>, Option<HashState>)> {
+/// Walks one protobuf message of `len` bytes, hashing field 6 onto `start`: its result,
+/// `None` when the message gives no usable one. `None` at the end of the body.
+fn hash_message(feed: &mut Feed, len: u64, start: Start) -> Option<Option<Hashed>> {
     let mut left = len;
     let mut state = start;
     let mut data_len: Option<u64> = None;
@@ -305,15 +323,10 @@ fn hash_message(
     }
     // Whatever is left of a message we could not follow.
     feed.stream(left, |_| {})?;
-    let end = state.filter(|_| usable);
-    let result = match (&end, data_len) {
-        (Some(state), Some(len)) => Some(Hashed {
-            state: state.clone(),
-            len,
-        }),
+    Some(match (state.filter(|_| usable), data_len) {
+        (Some(state), Some(len)) => Some(Hashed { state, len }),
         _ => None,
-    };
-    Some((result, end))
+    })
 }
 
 /// A varint within the message's `left` bytes: `None` at the end of the body, `Some(None)`
@@ -337,6 +350,7 @@ fn varint(feed: &mut Feed, left: &mut u64) -> Option<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_content::HashState;
     use berth_proto::containerd::services::content::v1::{WriteAction, WriteContentRequest};
     use prost::Message as _;
 
@@ -352,17 +366,17 @@ mod tests {
     /// (digest of start + data, data length) or None. Every message after the first starts
     /// from the empty state.
     fn run(stream: &[u8], chunk: usize, messages: usize) -> Vec<Option<(String, u64)>> {
-        run_with(stream, chunk, messages, |_| {
-            Start::From(Some(berth_content::HashState::default()))
-        })
+        run_with(stream, chunk, messages, |_| Some(HashState::default()))
     }
 
-    /// As [`run`], with message `i` (from 1) starting at `start(i)`.
+    /// As [`run`], with message `i` (from 1) starting at `start(i)`. As in a session, each
+    /// message's step runs on the thread and takes the message's result there (at once: the
+    /// hash is done before the step runs) and gives the next start.
     fn run_with(
         stream: &[u8],
         chunk: usize,
         messages: usize,
-        start: impl Fn(usize) -> Start,
+        start: impl Fn(usize) -> Start + Send + Sync + 'static,
     ) -> Vec<Option<(String, u64)>> {
         let (tx, rx) = mpsc::channel();
         for c in stream.chunks(chunk) {
@@ -370,13 +384,23 @@ mod tests {
         }
         drop(tx);
         let hasher = EarlyHasher::start(EarlyData(Arc::new(Mutex::new(Some(rx))))).unwrap();
+        let start = Arc::new(start);
         let mut out = Vec::new();
         for i in 0..messages {
-            let r = hasher.take().expect("result");
-            out.push(r.map(|h| (h.state.digest().to_string(), h.len)));
-            if i + 1 < messages {
-                hasher.next_start(start(i + 1));
-            }
+            let (h, start) = (hasher.clone(), start.clone());
+            let step = hasher.run(move || {
+                let waited = std::time::Instant::now();
+                let r = h.take().expect("result");
+                assert!(
+                    waited.elapsed() < Duration::from_millis(100),
+                    "step waited for its hash"
+                );
+                if i + 1 < messages {
+                    h.next_start(start(i + 1));
+                }
+                r.map(|h| (h.state.digest().to_string(), h.len))
+            });
+            out.push(step.blocking_recv().expect("step ran"));
         }
         out
     }
@@ -425,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn chained_messages_continue_from_the_previous_state() {
+    fn each_message_hashes_from_the_state_it_is_given() {
         let (a, b) = (vec![1u8; 100_000], b"tail".to_vec());
         let msgs = [
             WriteContentRequest {
@@ -445,18 +469,22 @@ mod tests {
             },
         ];
         let mut stream = Vec::new();
-        // A message before them all, started from the empty state; then chains.
+        // A message before them all, which has no start state.
         stream.extend(grpc_frame(&msgs[1], false));
         for m in &msgs {
             stream.extend(grpc_frame(m, false));
         }
+        let mut after_a = HashState::default();
+        after_a.update(&a);
         for chunk in [3, 65_536] {
-            let got = run_with(&stream, chunk, 4, |i| match i {
-                1 => Start::From(Some(berth_content::HashState::default())),
-                _ => Start::Chain,
+            let after_a = after_a.clone();
+            let got = run_with(&stream, chunk, 4, move |i| match i {
+                1 => Some(HashState::default()),
+                _ => Some(after_a.clone()),
             });
+            assert_eq!(got[0], None, "chunk {chunk}");
             assert_eq!(got[1], Some((sha(&a), a.len() as u64)), "chunk {chunk}");
-            // No data: nothing to report, and the chain goes on unchanged.
+            // No data: nothing to report.
             assert_eq!(got[2], None, "chunk {chunk}");
             let whole: Vec<u8> = a.iter().chain(&b).copied().collect();
             assert_eq!(got[3], Some((sha(&whole), b.len() as u64)), "chunk {chunk}");

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use berth_content::Digest;
+use berth_content::{Digest, Landing};
 use berth_metadata::{ContentWriter, ContentWriterOpts, Db};
 use berth_proto::containerd::services::content::v1::{
     WriteAction, WriteContentRequest, WriteContentResponse,
@@ -21,9 +21,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::early::{EarlyHasher, Start};
+use super::early::{EarlyHasher, Hashed};
 use super::{parse_digest, to_i64, BoxStream};
 use crate::error::{blocking, join_error, to_status};
+
+/// Appends smaller than this are copied in the step: handing them to another thread costs
+/// more than the copy.
+const HAND_OVER_MIN: u64 = 64 << 10;
 
 pub fn serve(
     db: Arc<Db>,
@@ -91,10 +95,11 @@ async fn session(
     };
     let mut slot = Some(writer);
     let result = steps(&db, &ns, &mut slot, req, want, stream, early, tx).await;
-    // However the session ends, queued data lands before the ref is free again, so that a
+    // However the session ends, data handed over but not taken (a message refused or cut
+    // short) is cut off, and the rest is in place before the ref is free again, so that a
     // writer or an abort that comes next finds the ref unlocked and the data there.
     if let Some(mut writer) = slot.take() {
-        let _ = tokio::task::spawn_blocking(move || writer.wait_written()).await;
+        let _ = tokio::task::spawn_blocking(move || writer.close_landing()).await;
     }
     result
 }
@@ -112,51 +117,62 @@ async fn steps(
     mut early: Option<Arc<EarlyHasher>>,
     tx: &mpsc::Sender<Result<WriteContentResponse, Status>>,
 ) -> Result<(), Status> {
+    let mut ahead: Option<Ahead> = None;
     loop {
         let mut writer = slot
             .take()
             .ok_or_else(|| Status::internal("writer released unexpectedly"))?;
+        // A plain append starts landing in the ingest now, while its hash is computed.
+        let landed = ahead.as_ref().is_some_and(|a| a.hand_over(&req));
         let (db2, ns2) = (db.clone(), ns.to_string());
-        let (w, result, e) = tokio::task::spawn_blocking(move || {
-            let mut deferred = false;
-            let r = step(
-                &db2,
-                &ns2,
-                &mut writer,
-                &mut want,
-                req,
-                early.as_ref(),
-                &mut deferred,
-            );
+        let hasher = early.clone();
+        let run_step = move || {
+            // One result per message, in order: this one's hash (done by now, on its thread).
+            let hashed = match early.as_ref().map(|e| e.take()) {
+                Some(Ok(hashed)) => hashed,
+                Some(Err(())) => {
+                    early = None;
+                    None
+                }
+                None => None,
+            };
+            let r = step(&db2, &ns2, &mut writer, &mut want, req, hashed, landed);
             if want.discard {
                 // Release the ref lock, then drop the ingest (containerd aborts it too).
                 let reference = writer.reference().to_string();
-                let _ = writer.wait_written();
+                let _ = writer.close_landing();
                 drop(writer);
                 if let Err(e) = db2.content().abort(&ns2, &reference) {
                     tracing::debug!(error = %e, "abort of redundant ingest failed");
                 }
-                return (None, r.map(|resp| (resp, want)), early);
+                return (None, r.map(|resp| (resp, want)), early, None);
             }
-            // One result per message, in order, used or not, keeps the thread in step; the
-            // next message's hash continues from this one's or from the writer's state.
-            if let Some(e) = early.clone() {
-                if deferred {
-                    e.next_start(Start::Chain);
-                } else {
-                    // The pending hashes take their (earlier) results first.
-                    let state = writer.hash_state();
-                    match e.take() {
-                        Ok(_) => e.next_start(Start::From(state)),
-                        Err(()) => early = None,
-                    }
-                }
+            // The next message goes on from where this one left the ingest (after a failure
+            // the session ends).
+            let mut ahead = None;
+            if let (Some(e), Ok(_)) = (&early, &r) {
+                e.next_start(writer.hash_state());
+                let status = writer.status();
+                ahead = writer.landing().map(|landing| Ahead {
+                    landing,
+                    offset: status.offset,
+                    total: status.total,
+                });
             }
-            (Some(writer), r.map(|resp| (resp, want)), early)
-        })
-        .await
-        .map_err(join_error)?;
-        early = e;
+            (Some(writer), r.map(|resp| (resp, want)), early, ahead)
+        };
+        // On the hashing thread, right after this message's hash; else on the blocking pool.
+        let ran = match hasher {
+            Some(h) => h
+                .run(run_step)
+                .await
+                .map_err(|_| Status::internal("content write step was dropped"))?,
+            None => tokio::task::spawn_blocking(run_step)
+                .await
+                .map_err(join_error)?,
+        };
+        let (w, result, e, a) = ran;
+        (early, ahead) = (e, a);
         *slot = w;
         let (resp, w2) = result?;
         want = w2;
@@ -170,6 +186,40 @@ async fn steps(
     }
 }
 
+/// Where the next message's data can go as soon as it is decoded: the writer's landing, at
+/// the ingest's offset, within its declared total (0: none).
+struct Ahead {
+    landing: Landing,
+    offset: u64,
+    total: u64,
+}
+
+impl Ahead {
+    /// Hands `req`'s data to the landing if the message appends at the ingest's end (WRITE
+    /// or COMMIT at its offset, within the declared total) and is worth a copy on another
+    /// thread; whether it did. A step that then refuses the message for another reason ends
+    /// the session, which cuts the data off again.
+    fn hand_over(&self, req: &WriteContentRequest) -> bool {
+        let len = req.data.len() as u64;
+        let appends = matches!(
+            WriteAction::try_from(req.action),
+            Ok(WriteAction::Write | WriteAction::Commit)
+        ) && u64::try_from(req.offset) == Ok(self.offset);
+        let total = match u64::try_from(req.total) {
+            Ok(0) => Some(self.total),
+            total => total.ok(),
+        };
+        let fits = match (total, self.offset.checked_add(len)) {
+            (Some(total), Some(end)) => total == 0 || end <= total,
+            _ => false,
+        };
+        appends
+            && fits
+            && len >= HAND_OVER_MIN
+            && self.landing.write_at(self.offset, req.data.clone())
+    }
+}
+
 /// Handles one request against the locked writer (blocking I/O).
 fn step(
     db: &Db,
@@ -177,8 +227,8 @@ fn step(
     writer: &mut ContentWriter,
     want: &mut Expectation,
     req: WriteContentRequest,
-    early: Option<&Arc<EarlyHasher>>,
-    deferred: &mut bool,
+    hashed: Option<Hashed>,
+    landed: bool,
 ) -> Result<WriteContentResponse, Status> {
     let action = WriteAction::try_from(req.action)
         .map_err(|_| Status::invalid_argument(format!("unknown write action {}", req.action)))?;
@@ -223,7 +273,8 @@ fn step(
                     status.offset
                 )));
             }
-            // Hashed early from the state before this message: usable unless truncated.
+            // Hashed (and landed) early from the ingest before this message: usable unless
+            // truncated.
             let truncated = offset == 0 && status.offset > 0;
             if truncated {
                 writer.truncate(0).map_err(to_status)?;
@@ -231,22 +282,22 @@ fn step(
             }
             if !req.data.is_empty() {
                 let len = req.data.len() as u64;
-                match early.filter(|_| !truncated) {
-                    // The thread hashed this data onto the ingest's state before it.
-                    Some(e) => {
-                        let e = Arc::clone(e);
-                        writer.write_hash_later(req.data.clone(), move || {
-                            e.take()
-                                .ok()
-                                .flatten()
-                                .filter(|h| h.len == len)
-                                .map(|h| h.state)
-                        })
+                let hashed = hashed
+                    .filter(|h| h.len == len && !truncated)
+                    .map(|h| h.state);
+                match hashed {
+                    Some(after) if landed => writer.adopt(len, after),
+                    hashed => {
+                        if landed {
+                            writer.drop_landed().map_err(to_status)?;
+                        }
+                        match hashed {
+                            Some(after) => writer.write_hashed(&req.data, after),
+                            None => writer.write(&req.data),
+                        }
                     }
-                    None => writer.write(&req.data),
                 }
                 .map_err(to_status)?;
-                *deferred = early.is_some() && !truncated;
                 resp.offset += to_i64(len);
             }
             let digest = if action == WriteAction::Commit {

@@ -9,11 +9,11 @@
 //!
 //! The session's step for each message runs on the same thread, right after the message's
 //! hash ([`EarlyHasher::run`]), so the hash is there when the step needs it, without a
-//! thread waking for it on every round trip; meanwhile the step's data is already being
-//! copied into the ingest (the session hands an append to the writer's landing as soon as
-//! the message is decoded). The reply carries the digest so far (as containerd's does).
-//! Anything else (a truncation, a compressed message, a parse surprise, a slow thread)
-//! falls back to hashing in the step.
+//! thread waking for it on every round trip (the step sends its reply from there too).
+//! Meanwhile the message's data is already being copied into the ingest: the session hands
+//! an append to the writer's landing as soon as the message is decoded. The reply carries
+//! the digest so far (as containerd's does). Anything else (a truncation, a compressed
+//! message, a parse surprise, a slow thread) falls back to hashing in the step.
 
 use std::pin::Pin;
 use std::sync::{mpsc, Arc, Mutex};

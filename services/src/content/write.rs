@@ -125,7 +125,7 @@ async fn steps(
         // A plain append starts landing in the ingest now, while its hash is computed.
         let landed = ahead.as_ref().is_some_and(|a| a.hand_over(&req));
         let (db2, ns2) = (db.clone(), ns.to_string());
-        let hasher = early.clone();
+        let (hasher, replies) = (early.clone(), tx.clone());
         let run_step = move || {
             // One result per message, in order: this one's hash (done by now, on its thread).
             let hashed = match early.as_ref().map(|e| e.take()) {
@@ -145,8 +145,11 @@ async fn steps(
                 if let Err(e) = db2.content().abort(&ns2, &reference) {
                     tracing::debug!(error = %e, "abort of redundant ingest failed");
                 }
-                return (None, r.map(|resp| (resp, want)), early, None);
+                let r = r.map(|resp| replies.blocking_send(Ok(resp)).is_ok());
+                return (None, r.map(|sent| (sent, want)), early, None);
             }
+            // The reply goes out from here, before the session's task is woken.
+            let r = r.map(|resp| replies.blocking_send(Ok(resp)).is_ok());
             // The next message goes on from where this one left the ingest (after a failure
             // the session ends).
             let mut ahead = None;
@@ -159,7 +162,7 @@ async fn steps(
                     total: status.total,
                 });
             }
-            (Some(writer), r.map(|resp| (resp, want)), early, ahead)
+            (Some(writer), r.map(|sent| (sent, want)), early, ahead)
         };
         // On the hashing thread, right after this message's hash; else on the blocking pool.
         let ran = match hasher {
@@ -174,9 +177,9 @@ async fn steps(
         let (w, result, e, a) = ran;
         (early, ahead) = (e, a);
         *slot = w;
-        let (resp, w2) = result?;
+        let (sent, w2) = result?;
         want = w2;
-        if tx.send(Ok(resp)).await.is_err() {
+        if !sent {
             return Ok(());
         }
         req = match stream.message().await? {

@@ -37,6 +37,7 @@ use berth_tests::bench::{
     DaemonSpec, Kind, CONTAINERD_DISABLED,
 };
 use berth_tests::connect_with;
+use bytes::Bytes;
 use clap::Parser;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -277,8 +278,11 @@ fn generate_blob(path: &Path, size: u64, cancel: &AtomicBool) -> Result<Blob> {
     })
 }
 
-/// Reads the blob in CHUNK pieces on a plain thread, a few chunks ahead of the sender.
-fn spawn_reader(path: PathBuf) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+/// Reads the blob in CHUNK pieces on a plain thread, a few chunks ahead of the sender, into a
+/// few buffers it reuses as the encoder is done with them (as containerd's client copies
+/// through one pooled 1 MiB buffer: a fresh buffer per chunk costs page faults on every
+/// chunk, CPU this 2-core bench would take from the daemon it measures).
+fn spawn_reader(path: PathBuf) -> mpsc::Receiver<std::io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(4);
     std::thread::spawn(move || {
         let mut f = match File::open(&path) {
@@ -288,8 +292,9 @@ fn spawn_reader(path: PathBuf) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
                 return;
             }
         };
+        let (back, returned) = std::sync::mpsc::channel();
         loop {
-            let mut buf = vec![0u8; CHUNK];
+            let mut buf = returned.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
             let mut n = 0;
             while n < CHUNK {
                 match f.read(&mut buf[n..]) {
@@ -305,13 +310,37 @@ fn spawn_reader(path: PathBuf) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
             if n == 0 {
                 return;
             }
-            buf.truncate(n);
-            if tx.blocking_send(Ok(buf)).is_err() {
+            let chunk = Bytes::from_owner(Pooled {
+                buf,
+                len: n,
+                back: back.clone(),
+            });
+            if tx.blocking_send(Ok(chunk)).is_err() {
                 return;
             }
         }
     });
     rx
+}
+
+/// A read buffer that goes back to the reader once the chunk in it is dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+    back: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        // A reader that has finished no longer wants it.
+        let _ = self.back.send(std::mem::take(&mut self.buf));
+    }
 }
 
 async fn next_response(
@@ -396,7 +425,7 @@ async fn ingest(socket: &Path, blob: &Blob, reference: &str, window: usize) -> R
         tx.send(WriteContentRequest {
             action: WriteAction::Write as i32,
             offset,
-            data: chunk.into(),
+            data: chunk,
             ..Default::default()
         })
         .await

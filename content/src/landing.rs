@@ -8,8 +8,8 @@
 //! queued data to land ([`Lander::drain`]), statuses of the ingest wait too
 //! ([`InFlight::wait_idle`], reached through the ref lock), and the ref lock itself is
 //! released only after the last queued write. Once the writer closes its landing, nothing
-//! more is taken. A failed write stops the thread's writing; the writer learns where the good
-//! data ends at its next operation.
+//! more is taken. A failed write stops the thread's writing; the writer learns of it at its
+//! next operation and cuts off everything it had not adopted.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -39,8 +39,7 @@ struct Progress {
     /// Bytes queued and bytes done with (written or failed), since the writer opened.
     queued: u64,
     done: u64,
-    /// The end of the data known to be written, and the first failure.
-    good_end: u64,
+    /// The first failure.
     error: Option<String>,
     /// The writer has closed its landing: nothing more is queued.
     closed: bool,
@@ -145,7 +144,6 @@ impl Lander {
         let file = file.try_clone()?;
         {
             let mut p = in_flight.progress();
-            p.good_end = offset;
             p.error = None;
             p.closed = false;
         }
@@ -164,21 +162,17 @@ impl Lander {
         self.landing.clone()
     }
 
-    /// Waits until everything queued has landed; on a failure, where the good data ends
-    /// and what went wrong.
-    pub(crate) fn drain(&self) -> Result<(), (u64, String)> {
-        let p = self.landing.in_flight.wait_done(None);
-        match &p.error {
-            Some(e) => Err((p.good_end, e.clone())),
+    /// Waits until everything queued has landed; on a failure, what went wrong.
+    pub(crate) fn drain(&self) -> Result<(), String> {
+        match &self.landing.in_flight.wait_done(None).error {
+            Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }
 
-    /// Takes no more data from any [`Landing`] and waits for what was queued (see
-    /// [`drain`](Self::drain)).
-    pub(crate) fn close(&self) -> Result<(), (u64, String)> {
+    /// Takes no more data from any [`Landing`] (what was queued still lands).
+    pub(crate) fn close(&self) {
         self.landing.in_flight.progress().closed = true;
-        self.drain()
     }
 
     /// Ends the landing: `lock` is dropped now if nothing is in flight, else by the thread
@@ -213,13 +207,9 @@ fn run(file: File, jobs: mpsc::Receiver<Job>, in_flight: &InFlight, offset: u64)
         let wake = {
             let mut p = in_flight.progress();
             p.done += len;
-            match &written {
-                Some(Ok(())) => p.good_end = end,
-                Some(Err(e)) => {
-                    failed = true;
-                    p.error = Some(e.to_string());
-                }
-                None => {}
+            if let Some(Err(e)) = &written {
+                failed = true;
+                p.error = Some(e.to_string());
             }
             p.waiting > 0
         };

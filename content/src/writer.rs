@@ -363,8 +363,7 @@ impl Writer {
     /// off what was not adopted.
     pub fn close_landing(&mut self) -> Result<()> {
         if let Some(lander) = &self.lander {
-            // A failure shows in `drop_landed`'s wait.
-            let _ = lander.close();
+            lander.close();
         }
         self.drop_landed()
     }
@@ -388,14 +387,14 @@ impl Writer {
         let Some(lander) = &self.lander else {
             return Ok(());
         };
-        let Err((good_end, error)) = lander.drain() else {
+        let Err(error) = lander.drain() else {
             return Ok(());
         };
         if let Some(lander) = self.lander.take() {
             lander.release(None);
         }
         let data = self.dir.join(DATA);
-        tracing::warn!(reference = %self.reference, %error, good_end, "landing ingest data failed");
+        tracing::warn!(reference = %self.reference, %error, "landing ingest data failed");
         if let Some(file) = &self.file {
             if let Err(e) = file.set_len(self.offset) {
                 tracing::warn!(reference = %self.reference, error = %e, "cannot cut off landed data");

@@ -136,7 +136,9 @@ async fn steps(
                 }
                 None => None,
             };
-            let r = step(&db2, &ns2, &mut writer, &mut want, req, hashed, landed);
+            // The reply goes out from here, before the session's task is woken.
+            let r = step(&db2, &ns2, &mut writer, &mut want, req, hashed, landed)
+                .map(|resp| replies.blocking_send(Ok(resp)).is_ok());
             if want.discard {
                 // Release the ref lock, then drop the ingest (containerd aborts it too).
                 let reference = writer.reference().to_string();
@@ -145,11 +147,8 @@ async fn steps(
                 if let Err(e) = db2.content().abort(&ns2, &reference) {
                     tracing::debug!(error = %e, "abort of redundant ingest failed");
                 }
-                let r = r.map(|resp| replies.blocking_send(Ok(resp)).is_ok());
                 return (None, r.map(|sent| (sent, want)), early, None);
             }
-            // The reply goes out from here, before the session's task is woken.
-            let r = r.map(|resp| replies.blocking_send(Ok(resp)).is_ok());
             // The next message goes on from where this one left the ingest (after a failure
             // the session ends).
             let mut ahead = None;
@@ -288,17 +287,13 @@ fn step(
                 let hashed = hashed
                     .filter(|h| h.len == len && !truncated)
                     .map(|h| h.state);
-                match hashed {
-                    Some(after) if landed => writer.adopt(len, after),
-                    hashed => {
-                        if landed {
-                            writer.drop_landed().map_err(to_status)?;
-                        }
-                        match hashed {
-                            Some(after) => writer.write_hashed(&req.data, after),
-                            None => writer.write(&req.data),
-                        }
-                    }
+                if landed && hashed.is_none() {
+                    writer.drop_landed().map_err(to_status)?;
+                }
+                match (hashed, landed) {
+                    (Some(after), true) => writer.adopt(len, after),
+                    (Some(after), false) => writer.write_hashed(&req.data, after),
+                    (None, _) => writer.write(&req.data),
                 }
                 .map_err(to_status)?;
                 resp.offset += to_i64(len);

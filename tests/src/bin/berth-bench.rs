@@ -6,7 +6,9 @@
 //!    `Content.Write` API (STAT with ref/total/expected, WRITE in 1 MiB chunks, COMMIT; the
 //!    same client code for both daemons), against `dd bs=1M conv=fsync` to the same disk as
 //!    the baseline. The page cache is dropped before every run when the host allows it,
-//!    otherwise the source file is made hot before every run; the report says which.
+//!    otherwise the source file is made hot before every run; the report says which. Then
+//!    the machine settles (`--settle-ms`) so that no run overlaps the host reclaiming the
+//!    memory the drop freed (virtual machines with free page reporting).
 //! 2. Start-to-ready time: from spawn to the first successful grpc health `Check` (berthd)
 //!    or `Version` call (containerd), polling every ~2 ms, fresh empty root each run.
 //! 3. Idle RSS: `VmRSS` of the daemon process after ready and ~2 s idle.
@@ -97,6 +99,13 @@ struct Args {
     /// Do not drop the page cache; make the source file hot before every ingest run instead.
     #[arg(long)]
     hot: bool,
+    /// Pause after preparing the page cache and before every ingest run, in milliseconds.
+    /// Dropping caches frees gigabytes at once; a virtual machine with free page reporting
+    /// hands them to its host a couple of seconds later, and a run that overlaps that finds
+    /// some of its new page-cache pages cheap and others many times dearer, at random. After
+    /// the pause every run meets memory in the same state (0: no pause).
+    #[arg(long, default_value_t = 5000)]
+    settle_ms: u64,
     /// Skip the ingest measurement.
     #[arg(long)]
     skip_ingest: bool,
@@ -107,12 +116,13 @@ impl Args {
     fn command(&self) -> String {
         let mut s = format!(
             "cargo run --release -p berth-tests --bin berth-bench -- --size-mib {} --runs {} \
-             --startup-runs {} --idle-ms {} --window {} --dir {}",
+             --startup-runs {} --idle-ms {} --window {} --settle-ms {} --dir {}",
             self.size_mib,
             self.runs,
             self.startup_runs,
             self.idle_ms,
             self.window,
+            self.settle_ms,
             self.dir.display()
         );
         if let Some(b) = &self.berthd {
@@ -560,17 +570,19 @@ async fn bench_ingest(env: &Env, args: &Args, blob: &Blob, cold: bool) -> Result
         for i in 0..order.len() {
             // Rotate the order each run so no sink always follows the same neighbour.
             let sink = order[(i + run) % order.len()];
-            let prepare = || -> Result<()> {
+            let prepare = || async {
                 if cold {
-                    drop_caches()
+                    drop_caches()?;
                 } else {
-                    make_hot(&blob.path)
+                    make_hot(&blob.path)?;
                 }
+                tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+                anyhow::Ok(())
             };
             match sink {
                 Sink::Dd => {
                     let dst = env.base.join(format!("dd-{run}.out"));
-                    prepare()?;
+                    prepare().await?;
                     let r = run_dd(&blob.path, &dst, limit).await;
                     let _ = std::fs::remove_file(&dst);
                     let t = r?;
@@ -582,7 +594,7 @@ async fn bench_ingest(env: &Env, args: &Args, blob: &Blob, cold: bool) -> Result
                     out.dd.push(v);
                 }
                 Sink::Daemon(kind) => {
-                    prepare()?;
+                    prepare().await?;
                     let mut d = Daemon::spawn(env, kind)?;
                     d.wait_ready().await?;
                     let reference = format!("berth-bench-{}-{run}", kind.name());
@@ -895,6 +907,9 @@ async fn run(args: Args, cancel: Arc<AtomicBool>) -> Result<()> {
         } else {
             "hot: cannot drop caches here, source read into the page cache before every run".into()
         };
+        if args.settle_ms > 0 {
+            let _ = write!(cache_mode, ", then {} ms to settle", args.settle_ms);
+        }
         println!("ingest ({cache_mode}) ...");
         Some(bench_ingest(&env, &args, &blob, cold).await?)
     };

@@ -12,7 +12,6 @@
 //! next operation and cuts off everything it had not adopted.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::locks::RefLock;
-use crate::writer::{start_writeback, WRITEBACK_CHUNK};
+use crate::writer::{start_writeback, write_in_pieces, WRITEBACK_CHUNK};
 
 /// Writes queued at most; [`Landing::write_at`] refuses more.
 const QUEUE_DEPTH: usize = 4;
@@ -202,7 +201,7 @@ fn run(file: File, jobs: mpsc::Receiver<Job>, in_flight: &InFlight, offset: u64)
             }
         };
         let len = data.len() as u64;
-        let written = (!failed).then(|| file.write_all_at(&data, offset));
+        let written = (!failed).then(|| write_in_pieces(&file, &data, offset));
         let end = offset + len;
         let wake = {
             let mut p = in_flight.progress();

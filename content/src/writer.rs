@@ -53,6 +53,12 @@ const PARALLEL_HASH_MIN: usize = 256 << 10;
 /// Written data is handed to the kernel for write-back in pieces of this size, so the
 /// disk works while the client still sends and the fsync at commit has little left to do.
 pub(crate) const WRITEBACK_CHUNK: u64 = 8 << 20;
+/// Ingest data goes into the page cache in writes of at most this size. One large write
+/// lets the kernel back it with large folios, and on virtual machines that hand free
+/// memory back to their host (free page reporting) those high-order pages are the ones
+/// the host reclaimed: filling them cost 3 ms per MiB here instead of 0.2 ms. Smaller
+/// writes also bound how long one system call keeps the CPU on a non-preemptible kernel.
+const WRITE_PIECE: usize = 256 << 10;
 
 /// What to write: the ingest reference and, when known, the size and digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -425,11 +431,11 @@ impl Writer {
         let end = self.offset + len;
         let unhashed = self.hasher.clone();
         let written = match hash {
-            false => file.write_all_at(data, self.offset),
+            false => write_in_pieces(file, data, self.offset),
             true if data.len() >= PARALLEL_HASH_MIN => {
                 let (offset, hasher) = (self.offset, &mut self.hasher);
                 std::thread::scope(|scope| {
-                    let writing = scope.spawn(|| file.write_all_at(data, offset));
+                    let writing = scope.spawn(|| write_in_pieces(file, data, offset));
                     hasher.update(data);
                     writing
                         .join()
@@ -438,7 +444,7 @@ impl Writer {
             }
             true => {
                 self.hasher.update(data);
-                file.write_all_at(data, self.offset)
+                write_in_pieces(file, data, self.offset)
             }
         };
         if let Err(e) = written {
@@ -697,6 +703,15 @@ fn write_small(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
         }
     }
     fs::rename(&tmp, path).ctx("rename", path)
+}
+
+/// Writes `data` at `offset` in pieces of at most [`WRITE_PIECE`].
+pub(crate) fn write_in_pieces(file: &File, data: &[u8], mut offset: u64) -> io::Result<()> {
+    for piece in data.chunks(WRITE_PIECE) {
+        file.write_all_at(piece, offset)?;
+        offset += piece.len() as u64;
+    }
+    Ok(())
 }
 
 /// Starts asynchronous write-back of `len` bytes at `offset` (`sync_file_range` with

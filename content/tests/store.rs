@@ -873,3 +873,24 @@ fn the_ref_is_free_only_after_queued_data_landed() {
     assert_eq!(w.digest(), d);
     assert_eq!(w.commit(0, Some(d)).unwrap(), d);
 }
+
+/// Large writes go into the page cache in pieces: odd sizes and offsets, through the writer
+/// and through a landing, land byte for byte.
+#[test]
+fn large_odd_writes_land_exactly() {
+    let (_d, s) = store();
+    let (data, d) = content((3 << 20) + 12_345, 14);
+    let mut w = writer(&s, "odd");
+    let first = 700_001;
+    w.write(&data[..first]).unwrap();
+    let landing = w.landing().expect("landing");
+    let rest = Bytes::copy_from_slice(&data[first..]);
+    assert!(landing.write_at(first as u64, rest));
+    w.adopt(
+        (data.len() - first) as u64,
+        berth_content::HashState::default(),
+    )
+    .unwrap();
+    assert_eq!(w.commit(0, Some(d)).unwrap(), d);
+    assert!(read_all(&s, &d) == data, "blob differs");
+}

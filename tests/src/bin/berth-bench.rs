@@ -6,9 +6,9 @@
 //!    `Content.Write` API (STAT with ref/total/expected, WRITE in 1 MiB chunks, COMMIT; the
 //!    same client code for both daemons), against `dd bs=1M conv=fsync` to the same disk as
 //!    the baseline. The page cache is dropped before every run when the host allows it,
-//!    otherwise the source file is made hot before every run; the report says which. Then
-//!    the machine settles (`--settle-ms`) so that no run overlaps the host reclaiming the
-//!    memory the drop freed (virtual machines with free page reporting).
+//!    otherwise the source file is made hot before every run; the report says which.
+//!    `--settle-ms` pauses before each run so that none overlaps the host reclaiming the
+//!    memory a drop freed (virtual machines with free page reporting).
 //! 2. Start-to-ready time: from spawn to the first successful grpc health `Check` (berthd)
 //!    or `Version` call (containerd), polling every ~2 ms, fresh empty root each run.
 //! 3. Idle RSS: `VmRSS` of the daemon process after ready and ~2 s idle.
@@ -103,8 +103,8 @@ struct Args {
     /// Dropping caches frees gigabytes at once; a virtual machine with free page reporting
     /// hands them to its host a couple of seconds later, and a run that overlaps that finds
     /// some of its new page-cache pages cheap and others many times dearer, at random. After
-    /// the pause every run meets memory in the same state (0: no pause).
-    #[arg(long, default_value_t = 5000)]
+    /// a pause of a few seconds every run meets memory in the same, host-reclaimed state.
+    #[arg(long, default_value_t = 0)]
     settle_ms: u64,
     /// Skip the ingest measurement.
     #[arg(long)]

@@ -7,8 +7,8 @@
 //!    same client code for both daemons), against `dd bs=1M conv=fsync` to the same disk as
 //!    the baseline. The page cache is dropped before every run when the host allows it,
 //!    otherwise the source file is made hot before every run; the report says which.
-//!    `--settle-ms` pauses before each run so that none overlaps the host reclaiming the
-//!    memory a drop freed (virtual machines with free page reporting).
+//!    Then each run waits `--settle-ms` so that none overlaps the host reclaiming the memory
+//!    a drop freed (virtual machines with free page reporting).
 //! 2. Start-to-ready time: from spawn to the first successful grpc health `Check` (berthd)
 //!    or `Version` call (containerd), polling every ~2 ms, fresh empty root each run.
 //! 3. Idle RSS: `VmRSS` of the daemon process after ready and ~2 s idle.
@@ -100,11 +100,12 @@ struct Args {
     #[arg(long)]
     hot: bool,
     /// Pause after preparing the page cache and before every ingest run, in milliseconds.
-    /// Dropping caches frees gigabytes at once; a virtual machine with free page reporting
-    /// hands them to its host a couple of seconds later, and a run that overlaps that finds
-    /// some of its new page-cache pages cheap and others many times dearer, at random. After
-    /// a pause of a few seconds every run meets memory in the same, host-reclaimed state.
-    #[arg(long, default_value_t = 0)]
+    /// Dropping caches is the bench's own doing and frees gigabytes at once; a virtual
+    /// machine with free page reporting hands them to its host a couple of seconds later,
+    /// and a run that overlaps that finds some of its new page-cache pages cheap and others
+    /// many times dearer, at random. After the pause every run meets memory as a machine
+    /// that has been up a while has it: free memory already reclaimed by the host.
+    #[arg(long, default_value_t = 5000)]
     settle_ms: u64,
     /// Skip the ingest measurement.
     #[arg(long)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::locks::RefLock;
-use crate::writer::{start_writeback, write_in_pieces, WRITEBACK_CHUNK};
+use crate::writer::{write_back_if_due, write_in_pieces};
 
 /// Writes queued at most; [`Landing::write_at`] refuses more.
 const QUEUE_DEPTH: usize = 4;
@@ -215,10 +215,8 @@ fn run(file: File, jobs: mpsc::Receiver<Job>, in_flight: &InFlight, offset: u64)
         if wake {
             in_flight.changed.notify_all();
         }
-        if matches!(written, Some(Ok(()))) && end.saturating_sub(writeback_from) >= WRITEBACK_CHUNK
-        {
-            start_writeback(&file, writeback_from, end - writeback_from);
-            writeback_from = end;
+        if matches!(written, Some(Ok(()))) {
+            write_back_if_due(&file, &mut writeback_from, end);
         }
     }
 }

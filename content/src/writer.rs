@@ -52,7 +52,7 @@ impl std::fmt::Debug for HashState {
 const PARALLEL_HASH_MIN: usize = 256 << 10;
 /// Written data is handed to the kernel for write-back in pieces of this size, so the
 /// disk works while the client still sends and the fsync at commit has little left to do.
-pub(crate) const WRITEBACK_CHUNK: u64 = 8 << 20;
+const WRITEBACK_CHUNK: u64 = 8 << 20;
 /// Ingest data goes into the page cache in writes of at most this size. On a VM that hands
 /// free memory back to its host (free page reporting), 1 MiB writes spent ~3 ms per MiB
 /// filling fresh page-cache pages for one message in ten or more, writes of up to 512 KiB
@@ -456,10 +456,7 @@ impl Writer {
             }
             return Err(Error::io("write ingest data", self.dir.join(DATA), e));
         }
-        if end - self.writeback_from >= WRITEBACK_CHUNK {
-            start_writeback(file, self.writeback_from, end - self.writeback_from);
-            self.writeback_from = end;
-        }
+        write_back_if_due(file, &mut self.writeback_from, end);
         self.offset = end;
         self.updated_at = SystemTime::now();
         Ok(())
@@ -715,10 +712,19 @@ pub(crate) fn write_in_pieces(file: &File, data: &[u8], mut offset: u64) -> io::
     Ok(())
 }
 
+/// Starts write-back of the data written since `*from` once it reaches [`WRITEBACK_CHUNK`]
+/// (written data now ends at `end`), and moves `*from` up to `end`.
+pub(crate) fn write_back_if_due(file: &File, from: &mut u64, end: u64) {
+    if end.saturating_sub(*from) >= WRITEBACK_CHUNK {
+        start_writeback(file, *from, end - *from);
+        *from = end;
+    }
+}
+
 /// Starts asynchronous write-back of `len` bytes at `offset` (`sync_file_range` with
 /// `SYNC_FILE_RANGE_WRITE`). Only a head start: durability still comes from the fsync at
 /// commit, so a failure is merely logged.
-pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+fn start_writeback(file: &File, offset: u64, len: u64) {
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),
         libc::off64_t::try_from(len),

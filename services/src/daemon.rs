@@ -20,6 +20,7 @@ use berth_proto::containerd::services::{
 use berth_proto::grpc::health::v1::health_server::HealthServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::config::{Config, KvBackend, SnapshotterConfig};
 use crate::containers::ContainersService;
@@ -28,6 +29,7 @@ use crate::content::ContentService;
 use crate::diff::DiffService;
 use crate::events::{EventsService, Exchange};
 use crate::gc::GcScheduler;
+use crate::h2_authority;
 use crate::health::HealthService;
 use crate::images::ImagesService;
 use crate::introspection::{load_or_create_uuid, IntrospectionService, PluginRecord};
@@ -204,12 +206,11 @@ pub async fn run(config: Config, stores: JoinHandle<anyhow::Result<Stores>>) -> 
         "berthd serving");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        UnixListenerStream::new(listener),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let connections =
+        UnixListenerStream::new(listener).map(|c| c.map(h2_authority::SanitizedAuthority::new));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(connections, async {
+        let _ = stop_rx.await;
+    }));
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "shutting down");
     let _ = stop_tx.send(());

@@ -8,6 +8,7 @@ mod diff;
 mod error;
 mod events;
 mod gc;
+mod h2_authority;
 mod health;
 mod images;
 mod introspection;

@@ -261,14 +261,16 @@ impl Mount {
                 &data,
             )
             .map_err(|e| {
-                Error::io(
-                    "mount",
-                    &target,
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("{} {} ({data}): {e}", self.kind, self.source),
-                    ),
-                )
+                let what = format!("{} {} ({data}): {e}", self.kind, self.source);
+                // The mount as described cannot be made (a missing source or target, an
+                // unknown type, bad options): the describer's error, as mounts come from
+                // clients (Diff, Tasks.Create's rootfs).
+                match e.raw_os_error() {
+                    Some(
+                        libc::ENOENT | libc::ENODEV | libc::ENOTDIR | libc::ENOTBLK | libc::EINVAL,
+                    ) => Error::InvalidArgument(format!("mount {}: {what}", target.display())),
+                    _ => Error::io("mount", &target, std::io::Error::new(e.kind(), what)),
+                }
             })?;
         }
         if flags.intersects(PROPAGATION) {
@@ -533,5 +535,27 @@ mod tests {
         assert!(!dst.join("f").exists());
         unmount_all(&dst).unwrap();
         unmount_all(&d.path().join("missing")).unwrap();
+    }
+
+    fn mount_err(kind: &str, source: &str, options: &[&str], target: &Path) -> Error {
+        let m = Mount {
+            kind: kind.into(),
+            source: source.into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+        m.mount(target).unwrap_err()
+    }
+
+    #[test]
+    fn mounts_described_wrong_are_the_callers_error() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path();
+        let err = mount_err("bind", "/nonexistent/berth", &["rbind", "ro"], target);
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        let err = mount_err("no-such-fs", "none", &[], target);
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        let err = mount_err("tmpfs", "tmpfs", &["size=not-a-size"], target);
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert!(err.to_string().contains("size=not-a-size"), "{err}");
     }
 }

@@ -457,3 +457,67 @@ async fn apply_checks_media_type_and_uncompressed_label_and_diff_roundtrips() {
     assert!(!other.join("data/gone").exists());
     assert!(other.join("data/keep").exists());
 }
+
+#[tokio::test]
+async fn mounts_that_cannot_be_made_are_invalid_argument() {
+    let d = Daemon::start().await;
+    let mut content = d.content("n").await;
+    let mut dc = differ(&d).await;
+    let layer = &testimage::layers_with(b"x\n")[0];
+    let digest = write_blob(&mut content, "l0", layer, &[]).await.unwrap();
+    // Apply writes through a bind mount's source directly: a missing one is NotFound there,
+    // where it is opened; Diff mounts it.
+    let bad_mounts = [
+        ("no-such-fs", "/tmp", vec![], Code::InvalidArgument),
+        (
+            "bind",
+            "/nonexistent/berth-source",
+            vec!["rbind".to_string()],
+            Code::NotFound,
+        ),
+        (
+            "tmpfs",
+            "tmpfs",
+            vec!["size=not-a-size".to_string()],
+            Code::InvalidArgument,
+        ),
+    ];
+    for (kind, source, options, apply_code) in bad_mounts {
+        let mounts = vec![Mount {
+            r#type: kind.into(),
+            source: source.into(),
+            target: String::new(),
+            options,
+        }];
+        expect_code(
+            dc.apply(ApplyRequest {
+                diff: Some(Descriptor {
+                    media_type: OCI_LAYER.into(),
+                    digest: digest.clone(),
+                    size: layer.len() as i64,
+                    annotations: HashMap::new(),
+                }),
+                mounts: mounts.clone(),
+                payloads: HashMap::new(),
+                sync_fs: false,
+            })
+            .await,
+            apply_code,
+            &[source],
+        );
+        expect_code(
+            dc.diff(DiffRequest {
+                left: mounts.clone(),
+                right: mounts,
+                media_type: String::new(),
+                r#ref: String::new(),
+                labels: HashMap::new(),
+                source_date_epoch: None,
+            })
+            .await,
+            Code::InvalidArgument,
+            &["mount", kind],
+        );
+    }
+    d.assert_serving().await;
+}

@@ -479,6 +479,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for SanitizedAuthority<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            // Nothing fits; an empty read below would look like the end of the stream.
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if !this.out.is_empty() {
                 let n = this.out.len().min(buf.remaining());

@@ -50,6 +50,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const H2_STREAM_WINDOW: u32 = 4 << 20;
 const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 const H2_MAX_FRAME: u32 = 64 << 10;
+/// Request metadata up to 1 MiB, as large as `h2_authority` takes a header block: tonic's
+/// default of 16 KiB refused calls that containerd's server (grpc-go: 16 MiB) serves.
+const H2_MAX_HEADER_LIST: u32 = 1 << 20;
 
 /// The stores, opened on their own thread (`open_stores`) while the async runtime starts.
 pub struct Stores {
@@ -159,6 +162,7 @@ pub async fn run(config: Config, stores: JoinHandle<anyhow::Result<Stores>>) -> 
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_frame_size(H2_MAX_FRAME)
+        .http2_max_header_list_size(H2_MAX_HEADER_LIST)
         .layer(OversizeLayer)
         .layer(EarlyDataLayer)
         .add_service(svc!(VersionServer, VersionService))

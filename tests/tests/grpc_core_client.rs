@@ -43,6 +43,9 @@ for name, options in [("default", []), ("bare-path", [("grpc.default_authority",
     for i in range(3):
         reply = version(b"", timeout=10)
         print(name, "version", "OK" if reply[:1] == b"\n" else "bad reply")
+    # 200 KB of metadata: a header block of several frames (HEADERS and CONTINUATIONs).
+    reply = version(b"", metadata=[("x-large", "v" * 200_000)], timeout=10)
+    print(name, "large-metadata", "OK" if reply[:1] == b"\n" else "bad reply")
     write = ch.stream_stream("/containerd.services.content.v1.Content/Write")
     commit = field(1, 2) + field(2, "greeting") + field(3, len(data)) + field(4, digest) + field(6, data)
     replies = list(write(iter([commit]), metadata=ns, timeout=10))
@@ -73,6 +76,7 @@ async fn grpc_core_clients_reach_every_call() {
         for _ in 0..3 {
             expected += &format!("{name} version OK\n");
         }
+        expected += &format!("{name} large-metadata OK\n");
         expected += &format!("{name} write OK\n");
         expected += &format!("{name} info-bad-digest INVALID_ARGUMENT\n");
         expected += &format!("{name} info-unknown NOT_FOUND\n");

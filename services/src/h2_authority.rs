@@ -52,6 +52,16 @@ pub struct SanitizedAuthority<S> {
     table: DynamicTable,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// To h2 as it is.
+    PassThrough,
+    /// Into the header block being gathered.
+    Gather,
+    /// A protocol error that closes the connection.
+    Refuse,
+}
+
 struct PendingBlock {
     stream: u32,
     /// HEADERS' flags other than PADDED and END_HEADERS (END_STREAM, PRIORITY).
@@ -73,19 +83,28 @@ impl<S> SanitizedAuthority<S> {
         }
     }
 
+    /// What becomes of the next frame, of type `kind`: only a header block's frames are
+    /// gathered, and nothing may come between them.
+    fn route(&self, kind: u8) -> Route {
+        match (kind, &self.block) {
+            (TYPE_HEADERS, None) | (TYPE_CONTINUATION, Some(_)) => Route::Gather,
+            (_, Some(_)) => Route::Refuse,
+            // A CONTINUATION without a block is h2's protocol error to report.
+            (_, None) => Route::PassThrough,
+        }
+    }
+
     /// How many leading bytes of `data`, read straight into `h2`'s buffer, can stay there: all
-    /// of them unless a header frame (or a frame header cut short) starts among them.
+    /// of them unless a frame not to pass through (or a frame header cut short) starts among
+    /// them.
     fn pass_through_len(&mut self, data: &[u8]) -> usize {
         let mut at = 0;
         loop {
             let n = self.skip.min(data.len() - at);
             self.skip -= n;
             at += n;
-            if at == data.len() || self.block.is_some() {
-                return at;
-            }
             let rest = &data[at..];
-            if rest.len() < FRAME_HEADER_LEN || is_header_frame(rest[3]) {
+            if rest.len() < FRAME_HEADER_LEN || self.route(rest[3]) != Route::PassThrough {
                 return at;
             }
             self.skip = FRAME_HEADER_LEN + frame_len(rest);
@@ -112,11 +131,10 @@ impl<S> SanitizedAuthority<S> {
             let (kind, flags) = (self.raw[3], self.raw[4]);
             let stream = u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]])
                 & 0x7fff_ffff;
-            match (kind, &self.block) {
-                (TYPE_HEADERS, None) | (TYPE_CONTINUATION, Some(_)) => {}
-                (_, Some(_)) => return Err(protocol_error("frame inside a header block")),
-                // A CONTINUATION without a block is h2's protocol error to report.
-                (_, None) => {
+            match self.route(kind) {
+                Route::Gather => {}
+                Route::Refuse => return Err(protocol_error("frame inside a header block")),
+                Route::PassThrough => {
                     self.skip = FRAME_HEADER_LEN + len;
                     continue;
                 }
@@ -181,10 +199,6 @@ impl<S> SanitizedAuthority<S> {
         write_block(&mut self.out, &block, &rewritten);
         Ok(())
     }
-}
-
-fn is_header_frame(kind: u8) -> bool {
-    kind == TYPE_HEADERS || kind == TYPE_CONTINUATION
 }
 
 fn frame_len(header: &[u8]) -> usize {
